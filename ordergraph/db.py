@@ -1,0 +1,93 @@
+"""Database configuration, migrations and the transaction that knows what to do after commit.
+
+Anything that must happen only once a change is durable (telling subscribers, waking the mail
+sender) is registered with `after_commit` inside `transaction()`: it runs after the commit and
+is dropped on a rollback, so no one ever hears of a state that did not happen.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from tortoise import Tortoise
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.transactions import in_transaction
+
+log = logging.getLogger(__name__)
+
+MODELS_MODULE = "ordergraph.models"
+MIGRATIONS_MODULE = "ordergraph.migrations"
+
+
+def tortoise_config(database_url: str) -> dict[str, Any]:
+    return {
+        "connections": {"default": database_url},
+        "apps": {
+            "models": {
+                "models": [MODELS_MODULE],
+                "default_connection": "default",
+                "migrations": MIGRATIONS_MODULE,
+            }
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+# For Tortoise's own CLI (`tortoise makemigrations`), configured in pyproject.toml.
+TORTOISE_ORM = tortoise_config(os.environ.get("DATABASE_URL") or "sqlite://ordergraph.sqlite3")
+
+
+async def apply_migrations(database_url: str) -> None:
+    """Apply every pending migration, then leave the ORM closed for whoever opens it next."""
+    from tortoise.migrations.api import migrate
+
+    try:
+        await migrate(config=tortoise_config(database_url))
+    finally:
+        await Tortoise.close_connections()
+
+
+def is_postgres(connection: BaseDBAsyncClient) -> bool:
+    return connection.capabilities.dialect == "postgres"
+
+
+AfterCommit = Callable[[], Awaitable[None]]
+_after_commit: contextvars.ContextVar[list[AfterCommit] | None] = contextvars.ContextVar(
+    "ordergraph_after_commit", default=None
+)
+
+
+def after_commit(callback: AfterCommit) -> None:
+    """Run `callback` once the surrounding `transaction()` has committed."""
+    pending = _after_commit.get()
+    if pending is None:
+        raise RuntimeError("after_commit() needs an enclosing ordergraph.db.transaction()")
+    pending.append(callback)
+
+
+@asynccontextmanager
+async def transaction() -> AsyncIterator[BaseDBAsyncClient]:
+    outer = _after_commit.get()
+    if outer is not None:
+        # Nested: the outermost transaction decides when "committed" is true.
+        async with in_transaction() as connection:
+            yield connection
+        return
+    pending: list[AfterCommit] = []
+    token = _after_commit.set(pending)
+    try:
+        async with in_transaction() as connection:
+            yield connection
+    finally:
+        _after_commit.reset(token)
+    for callback in pending:
+        try:
+            await callback()
+        except Exception:
+            log.exception("after-commit callback failed")

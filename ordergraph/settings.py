@@ -1,0 +1,116 @@
+"""Every setting of the service, read from the environment in this one place.
+
+The names and defaults are the service contract's (service.md). A setting that is required
+for one feature only (Stripe keys) is checked where that feature is used, so that the service
+can still start and answer everything else; `JWT_SECRET` is needed by every request and is
+checked at start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise SettingsError(f"{name} must be true or false, not {value!r}")
+
+
+def _int(name: str, value: str, *, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {value!r}") from None
+    if not low <= number <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, not {number}")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite://ordergraph.sqlite3"
+    events_url: str = "memory://"
+    frontend_url: str = "http://localhost:5173"
+    allowed_origins: tuple[str, ...] = ("http://localhost:5173",)
+    stripe_secret_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
+    stripe_timeout_seconds: float = 10.0
+    stripe_max_retries: int = 2
+    shop_currency: str = "USD"
+    checkout_ttl_minutes: int = 30
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    mail_from: str = "orders@localhost"
+    jwt_secret: str = field(default="", repr=False)
+    debug: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        jwt_secret = get("JWT_SECRET")
+        if jwt_secret is None:
+            raise SettingsError(
+                "JWT_SECRET is required: set it to the HS256 key that signs bearer tokens"
+            )
+        frontend_url = (get("FRONTEND_URL") or cls.frontend_url).rstrip("/")
+        origins_raw = get("ALLOWED_ORIGINS")
+        allowed_origins = (
+            tuple(o.strip().rstrip("/") for o in origins_raw.split(",") if o.strip())
+            if origins_raw
+            else (_origin(frontend_url),)
+        )
+        currency = (get("SHOP_CURRENCY") or cls.shop_currency).upper()
+        if len(currency) != 3 or not currency.isalpha():
+            raise SettingsError(f"SHOP_CURRENCY must be an ISO 4217 code, not {currency!r}")
+        return cls(
+            database_url=get("DATABASE_URL") or cls.database_url,
+            events_url=get("EVENTS_URL") or cls.events_url,
+            frontend_url=frontend_url,
+            allowed_origins=allowed_origins,
+            stripe_secret_key=get("STRIPE_SECRET_KEY"),
+            stripe_webhook_secret=get("STRIPE_WEBHOOK_SECRET"),
+            stripe_api_base=get("STRIPE_API_BASE"),
+            stripe_timeout_seconds=float(
+                _int("STRIPE_TIMEOUT_SECONDS", get("STRIPE_TIMEOUT_SECONDS") or "10", low=1, high=120)
+            ),
+            stripe_max_retries=_int(
+                "STRIPE_MAX_RETRIES", get("STRIPE_MAX_RETRIES") or "2", low=0, high=5
+            ),
+            shop_currency=currency,
+            checkout_ttl_minutes=_int(
+                "CHECKOUT_TTL_MINUTES", get("CHECKOUT_TTL_MINUTES") or "30", low=30, high=1440
+            ),
+            smtp_host=get("SMTP_HOST") or cls.smtp_host,
+            smtp_port=_int("SMTP_PORT", get("SMTP_PORT") or "25", low=1, high=65535),
+            smtp_username=get("SMTP_USERNAME"),
+            smtp_password=get("SMTP_PASSWORD"),
+            smtp_starttls=_bool("SMTP_STARTTLS", get("SMTP_STARTTLS") or "false"),
+            mail_from=get("MAIL_FROM") or cls.mail_from,
+            jwt_secret=jwt_secret,
+            debug=_bool("DEBUG", get("DEBUG") or "false"),
+        )
