@@ -9,6 +9,7 @@ against selling a unit twice.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from tortoise import fields
 from tortoise.indexes import Index
@@ -107,7 +108,7 @@ class Order(Model):
     version = fields.IntField(default=1)
     currency = fields.CharField(max_length=3)
     total = fields.IntField()
-    shipping_address = fields.JSONField(null=True)
+    shipping_address: dict[str, Any] | None = fields.JSONField(null=True)
     carrier = fields.CharField(max_length=64, null=True)
     tracking_number = fields.CharField(max_length=128, null=True)
     is_locked = fields.BooleanField(default=False)

@@ -54,6 +54,7 @@ class Settings:
     stripe_timeout_seconds: float = 10.0
     stripe_max_retries: int = 2
     shop_currency: str = "USD"
+    shipping_countries: tuple[str, ...] = ("US",)
     checkout_ttl_minutes: int = 30
     smtp_host: str = "localhost"
     smtp_port: int = 25
@@ -96,12 +97,19 @@ class Settings:
             stripe_webhook_secret=get("STRIPE_WEBHOOK_SECRET"),
             stripe_api_base=get("STRIPE_API_BASE"),
             stripe_timeout_seconds=float(
-                _int("STRIPE_TIMEOUT_SECONDS", get("STRIPE_TIMEOUT_SECONDS") or "10", low=1, high=120)
+                _int(
+                    "STRIPE_TIMEOUT_SECONDS", get("STRIPE_TIMEOUT_SECONDS") or "10", low=1, high=120
+                )
             ),
             stripe_max_retries=_int(
                 "STRIPE_MAX_RETRIES", get("STRIPE_MAX_RETRIES") or "2", low=0, high=5
             ),
             shop_currency=currency,
+            shipping_countries=tuple(
+                c.strip().upper()
+                for c in (get("SHIPPING_COUNTRIES") or "US").split(",")
+                if c.strip()
+            ),
             checkout_ttl_minutes=_int(
                 "CHECKOUT_TTL_MINUTES", get("CHECKOUT_TTL_MINUTES") or "30", low=30, high=1440
             ),

@@ -1,0 +1,129 @@
+"""The ASGI application: GraphQL, the Stripe webhook and health checks, and their lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from tortoise import Tortoise
+from tortoise.contrib.starlette import RegisterTortoise
+
+from ordergraph import events
+from ordergraph.auth import AuthError, identity_from_header
+from ordergraph.context import Context
+from ordergraph.db import tortoise_config
+from ordergraph.mail import MailSender
+from ordergraph.schema import build_schema
+from ordergraph.settings import Settings
+from ordergraph.stripe_gateway import StripeGateway
+from ordergraph.webhooks import stripe_webhook
+
+log = logging.getLogger(__name__)
+
+
+class GraphQLApp(GraphQL[Context, None]):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            build_schema(debug=settings.debug),
+            graphql_ide="graphiql" if settings.debug else None,
+            allow_queries_via_get=False,
+            allowed_origins=settings.allowed_origins,
+        )
+        self.settings = settings
+
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket
+    ) -> Context:
+        context = Context(
+            request=request,
+            response=response,
+            settings=self.settings,
+            gateway=request.app.state.gateway,
+        )
+        header = request.headers.get("authorization")
+        if header:
+            try:
+                context.identity = identity_from_header(self.settings.jwt_secret, header)
+            except AuthError as exc:
+                context.auth_error = str(exc)
+        return context
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(Tortoise.get_connection("default").execute_query("SELECT 1"), 2)
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        ok = await asyncio.wait_for(events.current_transport().ping(), 2)
+        checks["events"] = "ok" if ok else "down"
+    except Exception as exc:
+        checks["events"] = f"error: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", **checks}, status_code=200 if ready else 503
+    )
+
+
+def create_app(settings: Settings) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with RegisterTortoise(app, config=tortoise_config(settings.database_url)):
+            transport = events.transport_for(settings.events_url)
+            await transport.start()
+            events.use_transport(transport)
+            app.state.gateway = StripeGateway(settings)
+            sender = MailSender(settings)
+            sender_task = asyncio.create_task(sender.run(), name="ordergraph-mail-sender")
+            try:
+                yield
+            finally:
+                sender.stop()
+                await sender_task
+                await app.state.gateway.close()
+                await transport.stop()
+
+    graphql = GraphQLApp(settings)
+    app = Starlette(
+        debug=False,
+        routes=[
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
+            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.allowed_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=600,
+            )
+        ],
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """For `uvicorn --factory` and `ordergraph serve --workers N`."""
+    return create_app(Settings.from_env())

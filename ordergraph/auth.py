@@ -1,0 +1,99 @@
+"""Bearer tokens and the users they name.
+
+A token is an HS256 JWT with `sub`, `email`, optional `roles` and `exp`. Only HS256 is
+accepted, so a token that names another algorithm (`none` included) is refused before its
+signature is even considered.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from ordergraph.models import User
+
+ALGORITHM = "HS256"
+STAFF_ROLE = "staff"
+
+
+class AuthError(Exception):
+    """The token is missing, malformed, expired or not ours."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    email: str
+    is_staff: bool
+
+
+def issue_token(
+    secret: str, user_id: str, email: str, *, staff: bool = False, ttl_seconds: int = 3600
+) -> str:
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "sub": user_id,
+        "email": email,
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    if staff:
+        claims["roles"] = [STAFF_ROLE]
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def decode_token(secret: str, token: str) -> Identity:
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
+        )
+    except jwt.PyJWTError as exc:
+        raise AuthError(f"invalid token: {exc}") from None
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub or len(sub) > 255:
+        raise AuthError("invalid token: sub must be a non-empty string")
+    email = claims.get("email")
+    roles = claims.get("roles") or []
+    return Identity(
+        user_id=sub,
+        email=email if isinstance(email, str) else "",
+        is_staff=isinstance(roles, list) and STAFF_ROLE in roles,
+    )
+
+
+def identity_from_header(secret: str, header: str | None) -> Identity:
+    if not header:
+        raise AuthError("no bearer token")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("the Authorization header must be 'Bearer <token>'")
+    return decode_token(secret, token.strip())
+
+
+# Users this process has already written as the token describes them, so that a request
+# costs no write once its user is known.
+_known_users: dict[str, tuple[str, bool]] = {}
+_KNOWN_USERS_LIMIT = 100_000
+
+
+async def ensure_user(identity: Identity) -> None:
+    """Create the user on first sight of a valid token and keep email and staff flag current."""
+    state = (identity.email, identity.is_staff)
+    if _known_users.get(identity.user_id) == state:
+        return
+    user, created = await User.get_or_create(
+        id=identity.user_id, defaults={"email": identity.email, "is_staff": identity.is_staff}
+    )
+    if not created and (user.email, user.is_staff) != state:
+        user.email, user.is_staff = state
+        await user.save(update_fields=["email", "is_staff"])
+    if len(_known_users) >= _KNOWN_USERS_LIMIT:
+        _known_users.clear()
+    _known_users[identity.user_id] = state
+
+
+def forget_known_users() -> None:
+    """For tests that empty the database under a running process."""
+    _known_users.clear()

@@ -1,0 +1,154 @@
+"""Checkout: the cart becomes an order before payment, then Stripe is asked to take the money.
+
+The order, its lines, the stock it holds and the emptied cart commit together or not at all.
+Stripe is called only after that commit (a slow Stripe must not hold row locks); if the call
+fails the order is cancelled, its stock released and its lines put back in the cart, again in
+one transaction, so a failed checkout leaves everything as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from tortoise.expressions import F
+
+from ordergraph.db import transaction
+from ordergraph.errors import BusinessError, ErrorCode, Problem
+from ordergraph.inventory import reserve_stock
+from ordergraph.models import (
+    CartItem,
+    Order,
+    OrderItem,
+    OrderStatus,
+    OrderStatusChange,
+    PaymentStatus,
+    Product,
+)
+from ordergraph.order_state import change_order, lock_order
+from ordergraph.settings import Settings
+from ordergraph.stripe_gateway import (
+    CheckoutSessionRequest,
+    PaymentProviderError,
+    SessionLine,
+    StripeGateway,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckoutResult:
+    order: Order
+    client_secret: str
+
+
+def return_url(settings: Settings, order_id: str) -> str:
+    return f"{settings.frontend_url}/order-success/{order_id}?session_id={{CHECKOUT_SESSION_ID}}"
+
+
+async def place_order(user_id: str, settings: Settings) -> tuple[Order, list[OrderItem]]:
+    """Turn the cart into a PENDING_PAYMENT order holding its stock, in one transaction."""
+    async with transaction():
+        # Locking the cart rows makes a second, concurrent checkout of the same cart wait,
+        # then find it empty.
+        cart = await CartItem.filter(user_id=user_id).select_for_update().order_by("product_id")
+        if not cart:
+            raise BusinessError.of(ErrorCode.CART_EMPTY, "Your cart is empty")
+        quantities = {str(item.product_id): item.quantity for item in cart}
+        bad = [pid for pid, qty in quantities.items() if qty < 1]
+        if bad:
+            raise BusinessError(
+                *(
+                    Problem(ErrorCode.INVALID_INPUT, "Quantity must be positive", product_id=p)
+                    for p in bad
+                )
+            )
+        await reserve_stock(quantities.items())
+        products = {
+            str(p.id): p for p in await Product.filter(id__in=list(quantities)).order_by("id")
+        }
+        total = sum(products[pid].price * qty for pid, qty in quantities.items())
+        now = datetime.now(UTC)
+        order = await Order.create(
+            user_id=user_id,
+            status=OrderStatus.PENDING_PAYMENT,
+            payment_status=PaymentStatus.PENDING,
+            currency=settings.shop_currency,
+            total=total,
+            expires_at=now + timedelta(minutes=settings.checkout_ttl_minutes),
+        )
+        items = [
+            OrderItem(
+                order_id=order.id,
+                product_id=pid,
+                product_name=products[pid].name,
+                unit_price=products[pid].price,
+                quantity=qty,
+            )
+            for pid, qty in quantities.items()
+        ]
+        await OrderItem.bulk_create(items)
+        await OrderStatusChange.create(
+            order_id=order.id,
+            status=order.status,
+            payment_status=order.payment_status,
+            reason="checkout",
+            actor=f"user:{user_id}",
+        )
+        await CartItem.filter(user_id=user_id).delete()
+    return order, items
+
+
+async def undo_checkout(order_id: str, reason: str) -> None:
+    """Cancel an order whose payment could not be started and put its lines back in the cart."""
+    async with transaction():
+        order = await lock_order(order_id)
+        if order is None or order.status != OrderStatus.PENDING_PAYMENT:
+            return
+        await change_order(
+            order,
+            status=OrderStatus.CANCELLED,
+            payment_status=PaymentStatus.FAILED,
+            reason=reason,
+            actor="system",
+        )
+        for item in await OrderItem.filter(order_id=order_id):
+            restored = await CartItem.filter(
+                user_id=order.user_id, product_id=item.product_id
+            ).update(quantity=F("quantity") + item.quantity)
+            if not restored:
+                await CartItem.create(
+                    user_id=order.user_id, product_id=item.product_id, quantity=item.quantity
+                )
+
+
+async def checkout(
+    user_id: str, email: str | None, settings: Settings, gateway: StripeGateway
+) -> CheckoutResult:
+    order, items = await place_order(user_id, settings)
+    assert order.expires_at is not None
+    request = CheckoutSessionRequest(
+        order_id=str(order.id),
+        user_id=user_id,
+        currency=order.currency,
+        lines=[SessionLine(i.product_name, i.unit_price, i.quantity) for i in items],
+        return_url=return_url(settings, str(order.id)),
+        expires_at=order.expires_at,
+        customer_email=email or None,
+    )
+    try:
+        session = await gateway.create_checkout_session(request)
+        if not session.client_secret:
+            raise PaymentProviderError("Stripe returned a session without a client secret")
+    except PaymentProviderError as exc:
+        log.warning("checkout of order %s undone: %s", order.id, exc)
+        await undo_checkout(str(order.id), f"payment provider error: {exc}")
+        raise BusinessError.of(
+            ErrorCode.PAYMENT_PROVIDER_ERROR,
+            "The payment provider could not be reached; nothing was charged, please try again",
+        ) from exc
+    await Order.filter(id=order.id).update(stripe_checkout_session_id=session.id)
+    order.stripe_checkout_session_id = session.id
+    return CheckoutResult(order=order, client_secret=session.client_secret)

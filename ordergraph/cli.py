@@ -1,0 +1,134 @@
+"""The `ordergraph` command: serve, migrate, mint tokens, print the schema, run the emulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from ordergraph.settings import Settings, SettingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"ordergraph: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _migrate(database_url: str) -> None:
+    from ordergraph.db import apply_migrations
+
+    asyncio.run(apply_migrations(database_url))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    if args.demo:
+        from ordergraph.demo import run_demo
+
+        asyncio.run(run_demo(args.host, args.port))
+        return
+    import uvicorn
+
+    settings = _settings()
+    _migrate(settings.database_url)
+    uvicorn.run(
+        "ordergraph.app:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+        proxy_headers=True,
+    )
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    database_url = os.environ.get("DATABASE_URL") or Settings.database_url
+    _migrate(database_url)
+    print(f"migrations applied to {database_url.split('@')[-1]}")
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    from ordergraph.auth import issue_token
+
+    settings = _settings()
+    print(
+        issue_token(
+            settings.jwt_secret, args.user, args.email, staff=args.staff, ttl_seconds=args.ttl
+        )
+    )
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    from ordergraph.schema import schema_sdl
+
+    print(schema_sdl())
+
+
+def cmd_stripe_emulator(args: argparse.Namespace) -> None:
+    from ordergraph.stripe_emulator import serve_emulator
+
+    asyncio.run(
+        serve_emulator(
+            args.host,
+            args.port,
+            webhook_url=args.webhook_url,
+            webhook_secret=args.webhook_secret or os.environ.get("STRIPE_WEBHOOK_SECRET"),
+        )
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ordergraph", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    serve = verbs.add_parser("serve", help="apply migrations, then serve HTTP and WebSocket")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="embedded demo: SQLite, the Stripe emulator, a mail sink and a small catalogue",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = verbs.add_parser("migrate", help="apply pending database migrations and exit")
+    migrate.set_defaults(func=cmd_migrate)
+
+    token = verbs.add_parser("token", help="print a bearer token signed with JWT_SECRET")
+    token.add_argument("--user", required=True)
+    token.add_argument("--email", required=True)
+    token.add_argument("--staff", action="store_true")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.set_defaults(func=cmd_token)
+
+    schema = verbs.add_parser("schema", help="print the GraphQL schema (SDL)")
+    schema.set_defaults(func=cmd_schema)
+
+    emulator = verbs.add_parser("stripe-emulator", help="run the local Stripe emulator")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=12111)
+    emulator.add_argument(
+        "--webhook-url",
+        default="http://127.0.0.1:8000/webhooks/stripe",
+        help="where to deliver signed events",
+    )
+    emulator.add_argument("--webhook-secret", default=None, help="default: STRIPE_WEBHOOK_SECRET")
+    emulator.set_defaults(func=cmd_stripe_emulator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

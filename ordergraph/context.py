@@ -1,0 +1,27 @@
+"""What every GraphQL resolver is handed: who is asking, and the services it may use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+
+from ordergraph.auth import Identity
+from ordergraph.loaders import Loaders
+from ordergraph.settings import Settings
+from ordergraph.stripe_gateway import StripeGateway
+
+
+@dataclass
+class Context:
+    request: Request | WebSocket
+    response: Response | WebSocket | None
+    settings: Settings
+    gateway: StripeGateway
+    identity: Identity | None = None
+    auth_error: str | None = None
+    loaders: Loaders = field(default_factory=Loaders)
+    connection_params: dict[str, Any] | None = None

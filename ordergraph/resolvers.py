@@ -1,0 +1,266 @@
+"""GraphQL resolvers: who may ask, then one call into the domain, then the answer's shape.
+
+Business refusals come back as `userErrors`; a caller who is not signed in (or not allowed to
+use a staff-only query) gets a GraphQL error whose `extensions.code` says so.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TypeVar
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.types import Info
+from tortoise.queryset import QuerySet
+
+from ordergraph import cart, catalog
+from ordergraph import checkout as checkout_domain
+from ordergraph.auth import Identity, ensure_user
+from ordergraph.context import Context
+from ordergraph.errors import BusinessError, ErrorCode
+from ordergraph.graphql_types import (
+    Cart,
+    CartPayload,
+    CheckoutPayload,
+    Order,
+    OrderConnection,
+    OrderEdge,
+    PageInfo,
+    Product,
+    ProductConnection,
+    ProductEdge,
+    ProductInput,
+    ProductPayload,
+    UserError,
+    decode_cursor,
+    encode_cursor,
+)
+from ordergraph.models import Order as OrderModel
+from ordergraph.models import OrderStatus
+from ordergraph.models import Product as ProductModel
+
+MAX_PAGE = 100
+P = TypeVar("P")
+
+
+def _context(info: Info) -> Context:
+    context: Context = info.context
+    return context
+
+
+def _error(code: ErrorCode, message: str) -> GraphQLError:
+    return GraphQLError(message, extensions={"code": code.value})
+
+
+async def require_user(info: Info) -> Identity:
+    context = _context(info)
+    if context.identity is None:
+        raise _error(ErrorCode.UNAUTHENTICATED, context.auth_error or "Sign in first")
+    await ensure_user(context.identity)
+    return context.identity
+
+
+async def require_staff(info: Info) -> Identity:
+    identity = await require_user(info)
+    if not identity.is_staff:
+        raise _error(ErrorCode.FORBIDDEN, "Staff only")
+    return identity
+
+
+def _page_size(first: int | None, default: int) -> int:
+    size = default if first is None else first
+    if not 0 <= size <= MAX_PAGE:
+        raise _error(ErrorCode.INVALID_INPUT, f"first must be between 0 and {MAX_PAGE}")
+    return size
+
+
+def _uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+async def _payload(make: Callable[..., P], action: Awaitable[P]) -> P:
+    """Run a mutation's domain call, answering its business errors as `userErrors`."""
+    try:
+        return await action
+    except BusinessError as error:
+        return make(user_errors=[UserError.from_problem(p) for p in error.problems])
+
+
+# Queries
+
+
+async def products(
+    info: Info, first: int | None = 50, after: str | None = None
+) -> ProductConnection:
+    size = _page_size(first, 50)
+    query = ProductModel.filter(active=True).order_by("sku")
+    if after is not None:
+        sku = decode_cursor(after)
+        if sku is None:
+            raise _error(ErrorCode.INVALID_INPUT, "after is not a cursor from this API")
+        query = query.filter(sku__gt=sku)
+    rows = await query.limit(size + 1)
+    currency = _context(info).settings.shop_currency
+    edges = [
+        ProductEdge(cursor=encode_cursor(p.sku), node=Product.from_model(p, currency))
+        for p in rows[:size]
+    ]
+    return ProductConnection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=len(rows) > size, end_cursor=edges[-1].cursor if edges else None
+        ),
+    )
+
+
+async def product(info: Info, id: strawberry.ID) -> Product | None:
+    key = _uuid(id)
+    row = await ProductModel.filter(id=key, active=True).first() if key else None
+    return Product.from_model(row, _context(info).settings.shop_currency) if row else None
+
+
+async def _cart(user_id: str, info: Info) -> Cart:
+    return Cart.from_items(await cart.cart_lines(user_id), _context(info).settings.shop_currency)
+
+
+async def my_cart(info: Info) -> Cart:
+    identity = await require_user(info)
+    return await _cart(identity.user_id, info)
+
+
+async def order(info: Info, id: strawberry.ID) -> Order | None:
+    identity = await require_user(info)
+    key = _uuid(id)
+    if key is None:
+        return None
+    query = OrderModel.filter(id=key)
+    if not identity.is_staff:
+        query = query.filter(user_id=identity.user_id)
+    row = await query.first()
+    return Order.from_model(row) if row else None
+
+
+def _order_cursor(row: OrderModel) -> str:
+    return encode_cursor(f"{row.created_at.isoformat()}|{row.id}")
+
+
+async def _order_page(
+    query: QuerySet[OrderModel], first: int | None, after: str | None
+) -> OrderConnection:
+    size = _page_size(first, 20)
+    if after is not None:
+        decoded = decode_cursor(after) or ""
+        stamp, _, last_id = decoded.partition("|")
+        try:
+            created = datetime.fromisoformat(stamp)
+        except ValueError:
+            raise _error(ErrorCode.INVALID_INPUT, "after is not a cursor from this API") from None
+        if _uuid(last_id) is None:
+            raise _error(ErrorCode.INVALID_INPUT, "after is not a cursor from this API")
+        query = query.filter(created_at__lte=created).exclude(created_at=created, id__gte=last_id)
+    rows = await query.order_by("-created_at", "-id").limit(size + 1)
+    edges = [OrderEdge(cursor=_order_cursor(r), node=Order.from_model(r)) for r in rows[:size]]
+    return OrderConnection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=len(rows) > size, end_cursor=edges[-1].cursor if edges else None
+        ),
+    )
+
+
+async def my_orders(
+    info: Info, first: int | None = 20, after: str | None = None
+) -> OrderConnection:
+    identity = await require_user(info)
+    return await _order_page(OrderModel.filter(user_id=identity.user_id), first, after)
+
+
+async def orders(
+    info: Info,
+    status: OrderStatus | None = None,
+    first: int | None = 20,
+    after: str | None = None,
+) -> OrderConnection:
+    await require_staff(info)
+    query = OrderModel.all() if status is None else OrderModel.filter(status=status)
+    return await _order_page(query, first, after)
+
+
+# Mutations
+
+
+async def add_to_cart(info: Info, product_id: strawberry.ID, quantity: int = 1) -> CartPayload:
+    identity = await require_user(info)
+
+    async def run() -> CartPayload:
+        await cart.add_to_cart(identity.user_id, product_id, quantity)
+        return CartPayload(cart=await _cart(identity.user_id, info))
+
+    return await _payload(CartPayload, run())
+
+
+async def set_cart_quantity(info: Info, product_id: strawberry.ID, quantity: int) -> CartPayload:
+    identity = await require_user(info)
+
+    async def run() -> CartPayload:
+        await cart.set_cart_quantity(identity.user_id, product_id, quantity)
+        return CartPayload(cart=await _cart(identity.user_id, info))
+
+    return await _payload(CartPayload, run())
+
+
+async def remove_from_cart(info: Info, product_id: strawberry.ID) -> CartPayload:
+    identity = await require_user(info)
+
+    async def run() -> CartPayload:
+        await cart.remove_from_cart(identity.user_id, product_id)
+        return CartPayload(cart=await _cart(identity.user_id, info))
+
+    return await _payload(CartPayload, run())
+
+
+async def checkout(info: Info) -> CheckoutPayload:
+    identity = await require_user(info)
+    context = _context(info)
+
+    async def run() -> CheckoutPayload:
+        result = await checkout_domain.checkout(
+            identity.user_id, identity.email, context.settings, context.gateway
+        )
+        return CheckoutPayload(
+            order_id=strawberry.ID(str(result.order.id)),
+            client_secret=result.client_secret,
+            order=Order.from_model(result.order),
+        )
+
+    return await _payload(CheckoutPayload, run())
+
+
+async def upsert_product(info: Info, input: ProductInput) -> ProductPayload:
+    identity = await require_user(info)
+    if not identity.is_staff:
+        return ProductPayload(
+            user_errors=[UserError(code=ErrorCode.FORBIDDEN, message="Staff only")]
+        )
+
+    async def run() -> ProductPayload:
+        row = await catalog.upsert_product(
+            catalog.ProductDraft(
+                sku=input.sku,
+                name=input.name,
+                description=input.description or "",
+                price=input.price,
+                stock=input.stock,
+            )
+        )
+        return ProductPayload(
+            product=Product.from_model(row, _context(info).settings.shop_currency)
+        )
+
+    return await _payload(ProductPayload, run())

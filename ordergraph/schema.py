@@ -1,0 +1,93 @@
+"""The GraphQL schema: the contract's root fields, each bound to its resolver."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import (
+    MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
+
+from ordergraph import resolvers
+from ordergraph.graphql_types import (
+    Cart,
+    CartPayload,
+    CheckoutPayload,
+    Order,
+    OrderConnection,
+    Product,
+    ProductConnection,
+    ProductPayload,
+)
+
+
+@strawberry.type
+class Query:
+    products: ProductConnection = strawberry.field(resolver=resolvers.products)
+    product: Product | None = strawberry.field(resolver=resolvers.product)
+    cart: Cart = strawberry.field(
+        resolver=resolvers.my_cart, description="The signed-in shopper's cart."
+    )
+    order: Order | None = strawberry.field(
+        resolver=resolvers.order,
+        description=(
+            "An order of the signed-in shopper (any order for staff); "
+            "null when absent or not theirs."
+        ),
+    )
+    my_orders: OrderConnection = strawberry.field(resolver=resolvers.my_orders)
+    orders: OrderConnection = strawberry.field(resolver=resolvers.orders, description="Staff only.")
+
+
+@strawberry.type
+class Mutation:
+    add_to_cart: CartPayload = strawberry.mutation(resolver=resolvers.add_to_cart)
+    set_cart_quantity: CartPayload = strawberry.mutation(resolver=resolvers.set_cart_quantity)
+    remove_from_cart: CartPayload = strawberry.mutation(resolver=resolvers.remove_from_cart)
+    checkout: CheckoutPayload = strawberry.mutation(
+        resolver=resolvers.checkout,
+        description=(
+            "Creates the order (PENDING_PAYMENT), reserves stock, clears the cart, "
+            "opens a Stripe Checkout Session."
+        ),
+    )
+    upsert_product: ProductPayload = strawberry.mutation(
+        resolver=resolvers.upsert_product, description="Staff only."
+    )
+
+
+def _is_unexpected(error: GraphQLError) -> bool:
+    """Mask every error that is not ours on purpose: no SQL or internals reach a client."""
+    if error.original_error is None:
+        return False  # parse and validation errors speak of the query, not of us
+    if isinstance(error.original_error, GraphQLError):
+        return False
+    return True
+
+
+def build_schema(*, debug: bool = False) -> strawberry.Schema:
+    extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
+        lambda: MaskErrors(should_mask_error=_is_unexpected, error_message="Internal error"),
+        lambda: QueryDepthLimiter(max_depth=12),
+        lambda: MaxTokensLimiter(max_token_count=2000),
+        lambda: MaxAliasesLimiter(max_alias_count=30),
+        lambda: ParserCache(maxsize=512),
+        lambda: ValidationCache(maxsize=512),
+    ]
+    if not debug:
+        from strawberry.extensions import DisableIntrospection
+
+        extensions.append(DisableIntrospection)
+    return strawberry.Schema(query=Query, mutation=Mutation, extensions=extensions)
+
+
+def schema_sdl() -> str:
+    return build_schema(debug=True).as_str()

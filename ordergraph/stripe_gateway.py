@@ -1,0 +1,220 @@
+"""Everything ordergraph says to Stripe and reads from it, in one place.
+
+The rest of the service deals in `CheckoutSession`, a plain record of the few fields it needs,
+so that a Stripe API change (such as the shipping address moving into
+`collected_information`) is absorbed here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import stripe
+
+from ordergraph.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_TOLERANCE_SECONDS = 300
+
+
+class PaymentProviderError(Exception):
+    """Stripe could not be asked, or said no: the caller must undo what it prepared."""
+
+
+class BadWebhook(Exception):
+    """A webhook whose signature or body cannot be trusted."""
+
+
+@dataclass(frozen=True)
+class SessionLine:
+    name: str
+    unit_amount: int
+    quantity: int
+
+
+@dataclass(frozen=True)
+class CheckoutSessionRequest:
+    order_id: str
+    user_id: str
+    currency: str
+    lines: list[SessionLine]
+    return_url: str
+    expires_at: datetime
+    customer_email: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckoutSession:
+    id: str
+    status: str | None
+    payment_status: str | None
+    amount_total: int | None
+    currency: str | None
+    client_secret: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    payment_intent_id: str | None = None
+    shipping_address: dict[str, Any] | None = None
+    customer_email: str | None = None
+
+
+def _get(obj: Mapping[str, Any] | None, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, Mapping) else None
+
+
+def shipping_address_of(session: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The shipping address where the current API puts it, else where older versions did."""
+    details = _get(_get(session, "collected_information"), "shipping_details") or _get(
+        session, "shipping_details"
+    )
+    address = _get(details, "address")
+    if not isinstance(address, Mapping):
+        return None
+    return {
+        "name": _get(details, "name"),
+        "line1": address.get("line1"),
+        "line2": address.get("line2"),
+        "city": address.get("city"),
+        "state": address.get("state"),
+        "postal_code": address.get("postal_code"),
+        "country": address.get("country"),
+    }
+
+
+def session_from_stripe(obj: Mapping[str, Any]) -> CheckoutSession:
+    data = obj.to_dict() if isinstance(obj, stripe.StripeObject) else dict(obj)
+    payment_intent = data.get("payment_intent")
+    if isinstance(payment_intent, Mapping):
+        payment_intent = payment_intent.get("id")
+    metadata = data.get("metadata") or {}
+    return CheckoutSession(
+        id=str(data["id"]),
+        status=data.get("status"),
+        payment_status=data.get("payment_status"),
+        amount_total=data.get("amount_total"),
+        currency=(data.get("currency") or "").upper() or None,
+        client_secret=data.get("client_secret"),
+        metadata={str(k): str(v) for k, v in metadata.items()},
+        payment_intent_id=payment_intent,
+        shipping_address=shipping_address_of(data),
+        customer_email=_get(data.get("customer_details"), "email") or data.get("customer_email"),
+    )
+
+
+def parse_webhook(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
+    """Verify Stripe's signature on the raw body, then (and only then) parse it."""
+    if not signature:
+        raise BadWebhook("missing Stripe-Signature header")
+    try:
+        stripe.WebhookSignature.verify_header(
+            payload.decode("utf-8"), signature, secret, WEBHOOK_TOLERANCE_SECONDS
+        )
+    except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
+        raise BadWebhook(f"signature verification failed: {exc}") from None
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        raise BadWebhook("body is not JSON") from None
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+        raise BadWebhook("body is not a Stripe event")
+    if not isinstance(event.get("type"), str) or not isinstance(
+        _get(event.get("data"), "object"), Mapping
+    ):
+        raise BadWebhook("body is not a Stripe event")
+    return event
+
+
+class StripeGateway:
+    """A StripeClient bound to this process's event loop; create it in the app's lifespan."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: stripe.StripeClient | None = None
+        self._http = stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds)
+        if settings.stripe_secret_key:
+            base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+            self._client = stripe.StripeClient(
+                settings.stripe_secret_key,
+                http_client=self._http,
+                max_network_retries=settings.stripe_max_retries,
+                base_addresses=base,  # type: ignore[arg-type]
+            )
+        # The SDK bounds each attempt; this bounds the whole call with its retries.
+        self._deadline = settings.stripe_timeout_seconds * (settings.stripe_max_retries + 1) + 2
+
+    @property
+    def client(self) -> stripe.StripeClient:
+        if self._client is None:
+            raise PaymentProviderError("Payments are not configured: STRIPE_SECRET_KEY is not set")
+        return self._client
+
+    async def _call(self, what: str, call: Any) -> Any:
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await call
+        except stripe.StripeError as exc:
+            log.warning("Stripe %s failed: %s", what, exc)
+            raise PaymentProviderError(f"Stripe {what} failed") from exc
+        except TimeoutError as exc:
+            log.warning("Stripe %s timed out", what)
+            raise PaymentProviderError(f"Stripe {what} timed out") from exc
+
+    async def create_checkout_session(self, request: CheckoutSessionRequest) -> CheckoutSession:
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "ui_mode": "embedded_page",
+            "line_items": [
+                {
+                    "quantity": line.quantity,
+                    "price_data": {
+                        "currency": request.currency.lower(),
+                        "unit_amount": line.unit_amount,
+                        "product_data": {"name": line.name},
+                    },
+                }
+                for line in request.lines
+            ],
+            "metadata": {"order_id": request.order_id, "user_id": request.user_id},
+            "payment_intent_data": {
+                "metadata": {"order_id": request.order_id, "user_id": request.user_id}
+            },
+            "client_reference_id": request.order_id,
+            "return_url": request.return_url,
+            "expires_at": int(request.expires_at.timestamp()),
+            "shipping_address_collection": {
+                "allowed_countries": list(self.settings.shipping_countries)
+            },
+        }
+        if request.customer_email:
+            params["customer_email"] = request.customer_email
+        session = await self._call(
+            "checkout session create",
+            self.client.v1.checkout.sessions.create_async(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": f"checkout-session-{request.order_id}"},
+            ),
+        )
+        return session_from_stripe(session)
+
+    async def retrieve_checkout_session(self, session_id: str) -> CheckoutSession:
+        session = await self._call(
+            "checkout session retrieve",
+            self.client.v1.checkout.sessions.retrieve_async(session_id),
+        )
+        return session_from_stripe(session)
+
+    async def expire_checkout_session(self, session_id: str) -> CheckoutSession:
+        session = await self._call(
+            "checkout session expire",
+            self.client.v1.checkout.sessions.expire_async(session_id),
+        )
+        return session_from_stripe(session)
+
+    async def close(self) -> None:
+        await self._http.close_async()

@@ -1,0 +1,52 @@
+"""The Stripe webhook endpoint: verify, apply once, acknowledge.
+
+Stripe retries anything that is not 2xx, so a 2xx means "do not send this again": it is given
+for events applied, repeated, or deliberately ignored (including ones that can never apply,
+which are logged). A bad signature or body gets 400 and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ordergraph.payments import apply_stripe_event
+from ordergraph.settings import Settings
+from ordergraph.stripe_gateway import BadWebhook, parse_webhook
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 256 * 1024
+
+
+async def _read_body(request: Request) -> bytes | None:
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    return bytes(body)
+
+
+async def stripe_webhook(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    if not settings.stripe_webhook_secret:
+        log.error("a Stripe webhook arrived but STRIPE_WEBHOOK_SECRET is not set")
+        return JSONResponse(
+            {"error": "webhooks are not configured (STRIPE_WEBHOOK_SECRET)"}, status_code=503
+        )
+    body = await _read_body(request)
+    if body is None:
+        return JSONResponse({"error": "body too large"}, status_code=413)
+    try:
+        event = parse_webhook(
+            body, request.headers.get("stripe-signature"), settings.stripe_webhook_secret
+        )
+    except BadWebhook as exc:
+        log.warning("refused a Stripe webhook: %s", exc)
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    outcome = await apply_stripe_event(event)
+    log.info("stripe event %s (%s): %s", event["id"], event["type"], outcome)
+    return JSONResponse({"received": True, "outcome": outcome.value})

@@ -1,0 +1,246 @@
+"""The test harness: the real app under uvicorn on loopback, a real database (SQLite, or a
+PostgreSQL database made for this run and dropped after it), the Stripe emulator driven through
+the real `stripe` SDK, and a real SMTP server (aiosmtpd) collecting the mail.
+
+`ORDERGRAPH_TEST_DB=postgres` runs the suite on PostgreSQL; with `CI=true` an unreachable
+server fails the run instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from aiosmtpd.controller import Controller
+from starlette.applications import Starlette
+from tortoise import Tortoise
+
+from ordergraph.app import create_app
+from ordergraph.auth import forget_known_users, issue_token
+from ordergraph.db import apply_migrations
+from ordergraph.settings import Settings
+from ordergraph.stripe_emulator import StripeEmulator
+
+JWT_SECRET = "test-secret-" + "x" * 32
+WEBHOOK_SECRET = "whsec_test_" + secrets.token_hex(16)
+PG_ADMIN_DSN = os.environ.get("ORDERGRAPH_TEST_PG", "postgres://root@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BACKEND = os.environ.get("ORDERGRAPH_TEST_DB", "sqlite")
+
+TABLES = [
+    "outbox_emails",
+    "payment_trackers",
+    "order_status_changes",
+    "order_items",
+    "orders",
+    "cart_items",
+    "products",
+    "processed_stripe_events",
+    "users",
+]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"ordergraph test database: {BACKEND}"
+
+
+postgres_only = pytest.mark.skipif(
+    BACKEND != "postgres", reason="needs PostgreSQL (run with ORDERGRAPH_TEST_DB=postgres)"
+)
+
+
+async def _postgres_available() -> str | None:
+    try:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        return f"PostgreSQL at {PG_ADMIN_DSN} is not reachable: {exc}"
+    await conn.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    if BACKEND == "sqlite":
+        with tempfile.TemporaryDirectory() as folder:
+            yield f"sqlite://{Path(folder) / 'test.sqlite3'}"
+        return
+    problem = await _postgres_available()
+    if problem:
+        if IN_CI:
+            pytest.fail(problem)
+        pytest.skip(problem)
+    name = f"og_test_{os.getpid()}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@dataclass
+class Mailbox:
+    messages: list[Message] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = message_from_bytes(envelope.content)
+        message["X-Envelope-To"] = ",".join(envelope.rcpt_tos)
+        self.messages.append(message)
+        return "250 OK"
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Message]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return list(self.messages)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def smtp() -> Any:
+    mailbox = Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller
+    controller.stop()
+
+
+@pytest.fixture
+def mailbox(smtp: Controller) -> Mailbox:
+    box: Mailbox = smtp.handler
+    box.messages.clear()
+    return box
+
+
+class Served:
+    """A uvicorn server on 127.0.0.1 with a free port, run in the test's event loop."""
+
+    def __init__(self, app: Any) -> None:
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> str:
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()
+            await asyncio.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        assert self.task is not None
+        await self.task
+
+
+@pytest.fixture(scope="session")
+async def stripe_server() -> AsyncIterator[tuple[StripeEmulator, str]]:
+    emu = StripeEmulator(webhook_secret=WEBHOOK_SECRET)
+    async with Served(emu.app) as url:
+        yield emu, url
+
+
+@dataclass
+class Harness:
+    url: str
+    settings: Settings
+    emulator: StripeEmulator
+    http: httpx.AsyncClient
+    asgi: Starlette
+
+    def token(
+        self, user: str = "shopper-1", *, email: str | None = None, staff: bool = False
+    ) -> str:
+        return issue_token(
+            JWT_SECRET, user, email if email is not None else f"{user}@example.com", staff=staff
+        )
+
+    async def gql(
+        self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = await self.http.post(
+            f"{self.url}/graphql",
+            json={"query": query, "variables": variables or {}},
+            headers=headers,
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+def make_settings(
+    database_url: str, emulator_url: str, smtp_port: int, **overrides: Any
+) -> Settings:
+    env = {
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": JWT_SECRET,
+        "STRIPE_SECRET_KEY": "sk_test_ordergraph",
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "STRIPE_API_BASE": emulator_url,
+        "STRIPE_TIMEOUT_SECONDS": "2",
+        "STRIPE_MAX_RETRIES": "0",
+        "FRONTEND_URL": "http://shop.test",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_port),
+        "MAIL_FROM": "orders@shop.test",
+        **overrides,
+    }
+    return Settings.from_env(env)
+
+
+@pytest.fixture(scope="session")
+async def harness(
+    database_url: str, stripe_server: tuple[StripeEmulator, str], smtp: Controller
+) -> AsyncIterator[Harness]:
+    emulator, emulator_url = stripe_server
+    await apply_migrations(database_url)
+    settings = make_settings(database_url, emulator_url, smtp.port)
+    asgi = create_app(settings)
+    async with Served(asgi) as url, httpx.AsyncClient(timeout=30) as http:
+        emulator.webhook_url = f"{url}/webhooks/stripe"
+        yield Harness(url=url, settings=settings, emulator=emulator, http=http, asgi=asgi)
+
+
+@pytest.fixture
+async def app(harness: Harness, mailbox: Mailbox) -> AsyncIterator[Harness]:
+    """The running service with an empty database, a fresh emulator and an empty mailbox."""
+    connection = Tortoise.get_connection("default")
+    if connection.capabilities.dialect == "postgres":
+        await connection.execute_script(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+    else:
+        for table in TABLES:
+            await connection.execute_script(f'DELETE FROM "{table}"')
+    forget_known_users()
+    harness.emulator.reset()
+    harness.emulator.webhook_url = f"{harness.url}/webhooks/stripe"
+    harness.emulator.webhook_secret = WEBHOOK_SECRET
+    yield harness
+
+
+ProductFactory = Callable[..., Any]
