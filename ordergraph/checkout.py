@@ -48,6 +48,15 @@ def return_url(settings: Settings, order_id: str) -> str:
     return f"{settings.frontend_url}/order-success/{order_id}?session_id={{CHECKOUT_SESSION_ID}}"
 
 
+def checkout_ttl(settings: Settings) -> timedelta:
+    """How long the order holds its stock and its session stays payable.
+
+    Stripe measures its 30-minute minimum and 24-hour maximum from its own clock when the
+    session is created, a moment after the order; one minute of margin keeps both ends valid.
+    """
+    return timedelta(minutes=min(max(settings.checkout_ttl_minutes, 31), 1439))
+
+
 async def place_order(user_id: str, settings: Settings) -> tuple[Order, list[OrderItem]]:
     """Turn the cart into a PENDING_PAYMENT order holding its stock, in one transaction."""
     async with transaction():
@@ -77,7 +86,7 @@ async def place_order(user_id: str, settings: Settings) -> tuple[Order, list[Ord
             payment_status=PaymentStatus.PENDING,
             currency=settings.shop_currency,
             total=total,
-            expires_at=now + timedelta(minutes=settings.checkout_ttl_minutes),
+            expires_at=now + checkout_ttl(settings),
         )
         items = [
             OrderItem(

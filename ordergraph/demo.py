@@ -7,10 +7,12 @@ and two ready tokens. Settings already in the environment win over the demo's.
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import logging
 import os
 import secrets
 from email import message_from_bytes
+from email.message import EmailMessage
 from typing import Any
 
 import uvicorn
@@ -39,15 +41,10 @@ SMTP_PORT = 1025
 
 class PrintingMailbox:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        message = message_from_bytes(envelope.content)
-        text = next(
-            (
-                part.get_payload(decode=True).decode()
-                for part in message.walk()
-                if part.get_content_type() == "text/plain"
-            ),
-            "",
-        )
+        message = message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        body = message.get_body(preferencelist=("plain",))
+        text = body.get_content() if body is not None else ""
         print(f"\n--- mail to {message['To']}: {message['Subject']} ---\n{text}\n---", flush=True)
         return "250 OK"
 
