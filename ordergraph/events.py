@@ -14,6 +14,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+from ordergraph.db import after_commit
+
 log = logging.getLogger(__name__)
 
 SUBSCRIBER_QUEUE_SIZE = 64
@@ -53,6 +55,11 @@ class Subscription:
 class EventTransport(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
+    async def announce(self, event: OrderEvent) -> None:
+        """Called inside the transaction that changes the order: deliver at commit, never on
+        rollback (after_commit, or a NOTIFY that the database itself holds until commit)."""
+        ...
+
     async def publish(self, event: OrderEvent) -> None: ...
     def subscribe(self, order_id: str) -> AbstractAsyncContextManager[Subscription]: ...
     async def ping(self) -> bool: ...
@@ -98,6 +105,9 @@ class MemoryTransport:
     async def stop(self) -> None:
         return None
 
+    async def announce(self, event: OrderEvent) -> None:
+        after_commit(lambda: self.publish(event))
+
     async def publish(self, event: OrderEvent) -> None:
         self.fanout.deliver(event)
 
@@ -132,10 +142,6 @@ def current_transport() -> EventTransport:
     return _transport
 
 
-async def publish(event: OrderEvent) -> None:
-    try:
-        await _transport.publish(event)
-    except Exception:
-        # A hint that cannot be sent is not worth failing a committed change for: subscribers
-        # catch up on their next event or reconnect.
-        log.exception("could not publish %s", event)
+async def announce(event: OrderEvent) -> None:
+    """Tell subscribers of `event` once the surrounding transaction commits."""
+    await _transport.announce(event)

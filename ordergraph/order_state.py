@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ordergraph import events
-from ordergraph.db import after_commit, transaction
+from ordergraph.db import transaction
 from ordergraph.errors import BusinessError, ErrorCode
 from ordergraph.inventory import release_stock
 from ordergraph.models import Order, OrderItem, OrderStatus, OrderStatusChange, PaymentStatus
@@ -100,8 +100,7 @@ async def change_order(
         if old_status in HOLDS_STOCK and new_status not in HOLDS_STOCK:
             items = await OrderItem.filter(order_id=order.id).values_list("product_id", "quantity")
             await release_stock((str(p), q) for p, q in items)
-        event = events.OrderEvent(str(order.id), order.version)
-        after_commit(lambda: events.publish(event))
+        await events.announce(events.OrderEvent(str(order.id), order.version))
     log.info(
         "order %s: %s/%s -> %s/%s (%s, by %s)",
         order.id,

@@ -15,6 +15,7 @@ from strawberry.extensions import (
     SchemaExtension,
     ValidationCache,
 )
+from strawberry.types import ExecutionContext
 
 from ordergraph import resolvers
 from ordergraph.graphql_types import (
@@ -73,6 +74,16 @@ def _is_unexpected(error: GraphQLError) -> bool:
     return True
 
 
+class Schema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        """Log what went wrong on our side; a refused or malformed request is not our error."""
+        unexpected = [e for e in errors if _is_unexpected(e)]
+        if unexpected:
+            super().process_errors(unexpected, execution_context)
+
+
 def build_schema(*, debug: bool = False) -> strawberry.Schema:
     extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
         lambda: MaskErrors(should_mask_error=_is_unexpected, error_message="Internal error"),
@@ -86,7 +97,7 @@ def build_schema(*, debug: bool = False) -> strawberry.Schema:
         from strawberry.extensions import DisableIntrospection
 
         extensions.append(DisableIntrospection)
-    return strawberry.Schema(query=Query, mutation=Mutation, extensions=extensions)
+    return Schema(query=Query, mutation=Mutation, extensions=extensions)
 
 
 def schema_sdl() -> str:
