@@ -24,9 +24,10 @@ def encode_cursor(value: str) -> str:
 
 def decode_cursor(cursor: str) -> str | None:
     try:
-        return base64.urlsafe_b64decode(cursor.encode()).decode()
+        value = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):
         return None
+    return value or None
 
 
 @strawberry.type

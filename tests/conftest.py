@@ -14,7 +14,7 @@ import secrets
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
@@ -118,20 +118,36 @@ def free_port() -> int:
         return port
 
 
+class SmtpServer:
+    """A real SMTP server (aiosmtpd) on a fixed loopback port that tests can stop and restart."""
+
+    def __init__(self) -> None:
+        self.mailbox = Mailbox()
+        self.port = free_port()
+        self._controller: Controller | None = None
+
+    def start(self) -> None:
+        self._controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+
 @pytest.fixture(scope="session")
-def smtp() -> Any:
-    mailbox = Mailbox()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield controller
-    controller.stop()
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
-def mailbox(smtp: Controller) -> Mailbox:
-    box: Mailbox = smtp.handler
-    box.messages.clear()
-    return box
+def mailbox(smtp: SmtpServer) -> Mailbox:
+    smtp.mailbox.messages.clear()
+    return smtp.mailbox
 
 
 class Served:
@@ -216,7 +232,7 @@ def make_settings(
 
 @pytest.fixture(scope="session")
 async def harness(
-    database_url: str, stripe_server: tuple[StripeEmulator, str], smtp: Controller
+    database_url: str, stripe_server: tuple[StripeEmulator, str], smtp: SmtpServer
 ) -> AsyncIterator[Harness]:
     emulator, emulator_url = stripe_server
     await apply_migrations(database_url)
@@ -241,6 +257,3 @@ async def app(harness: Harness, mailbox: Mailbox) -> AsyncIterator[Harness]:
     harness.emulator.webhook_url = f"{harness.url}/webhooks/stripe"
     harness.emulator.webhook_secret = WEBHOOK_SECRET
     yield harness
-
-
-ProductFactory = Callable[..., Any]
