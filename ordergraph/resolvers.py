@@ -164,9 +164,7 @@ async def _order_page(
             raise _error(ErrorCode.INVALID_INPUT, "after is not a cursor from this API") from None
         if _uuid(last_id) is None:
             raise _error(ErrorCode.INVALID_INPUT, "after is not a cursor from this API")
-        query = query.filter(
-            Q(created_at__lt=created) | Q(created_at=created, id__lt=last_id)
-        )
+        query = query.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=last_id))
     rows = await query.order_by("-created_at", "-id").limit(size + 1)
     edges = [OrderEdge(cursor=_order_cursor(r), node=Order.from_model(r)) for r in rows[:size]]
     return OrderConnection(
