@@ -15,6 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.types.unset import UNSET, UnsetType
 from tortoise import Tortoise
 from tortoise.contrib.starlette import RegisterTortoise
 
@@ -22,13 +24,17 @@ from ordergraph import events
 from ordergraph.auth import AuthError, identity_from_header
 from ordergraph.context import Context
 from ordergraph.db import tortoise_config
+from ordergraph.expiry import Sweeper
 from ordergraph.mail import MailSender
+from ordergraph.payments import PaymentServices
 from ordergraph.schema import build_schema
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import StripeGateway
 from ordergraph.webhooks import stripe_webhook
 
 log = logging.getLogger(__name__)
+
+KEEP_ALIVE_SECONDS = 15.0
 
 
 class GraphQLApp(GraphQL[Context, None]):
@@ -38,8 +44,26 @@ class GraphQLApp(GraphQL[Context, None]):
             graphql_ide="graphiql" if settings.debug else None,
             allow_queries_via_get=False,
             allowed_origins=settings.allowed_origins,
+            # graphql-ws `ka` messages; both protocols also get uvicorn's WebSocket pings.
+            keep_alive=True,
+            keep_alive_interval=KEEP_ALIVE_SECONDS,
         )
         self.settings = settings
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """A WebSocket's token comes in `connection_init` (browsers cannot set headers on
+        one): a bad token refuses the connection; none leaves it anonymous."""
+        params = context.connection_params or {}
+        header = params.get("authorization") or params.get("Authorization")
+        if header is None:
+            return UNSET
+        try:
+            if not isinstance(header, str):
+                raise AuthError("authorization must be 'Bearer <token>'")
+            context.identity = identity_from_header(self.settings.jwt_secret, header)
+        except AuthError as exc:
+            raise ConnectionRejectionError({"message": str(exc)}) from None
+        return UNSET
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
@@ -48,7 +72,7 @@ class GraphQLApp(GraphQL[Context, None]):
             request=request,
             response=response,
             settings=self.settings,
-            gateway=request.app.state.gateway,
+            services=request.app.state.services,
         )
         header = request.headers.get("authorization")
         if header:
@@ -70,34 +94,41 @@ async def readyz(request: Request) -> Response:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
+    transport = events.current_transport()
     try:
-        ok = await asyncio.wait_for(events.current_transport().ping(), 2)
+        ok = await asyncio.wait_for(transport.ping(), 2)
         checks["events"] = "ok" if ok else "down"
     except Exception as exc:
         checks["events"] = f"error: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
-        {"status": "ready" if ready else "unavailable", **checks}, status_code=200 if ready else 503
+        {"status": "ready" if ready else "unavailable", **checks, "transport": transport.name},
+        status_code=200 if ready else 503,
     )
 
 
 def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with RegisterTortoise(app, config=tortoise_config(settings.database_url)):
-            transport = events.transport_for(settings.events_url)
-            await transport.start()
-            events.use_transport(transport)
-            app.state.gateway = StripeGateway(settings)
+        async with (
+            RegisterTortoise(app, config=tortoise_config(settings.database_url)),
+            events.running(settings.events_url),
+        ):
+            gateway = StripeGateway(settings)
+            app.state.services = PaymentServices(settings, gateway)
             sender = MailSender(settings)
-            sender_task = asyncio.create_task(sender.run(), name="ordergraph-mail-sender")
+            sweeper = Sweeper(app.state.services)
+            background = [
+                asyncio.create_task(sender.run(), name="ordergraph-mail-sender"),
+                asyncio.create_task(sweeper.run(), name="ordergraph-sweeper"),
+            ]
             try:
                 yield
             finally:
                 sender.stop()
-                await sender_task
-                await app.state.gateway.close()
-                await transport.stop()
+                sweeper.stop()
+                await asyncio.gather(*background)
+                await gateway.close()
 
     graphql = GraphQLApp(settings)
     app = Starlette(

@@ -11,8 +11,8 @@ from starlette.websockets import WebSocket
 
 from ordergraph.auth import Identity
 from ordergraph.loaders import Loaders
+from ordergraph.payments import PaymentServices
 from ordergraph.settings import Settings
-from ordergraph.stripe_gateway import StripeGateway
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Context:
     request: Request | WebSocket
     response: Response | WebSocket | None
     settings: Settings
-    gateway: StripeGateway
+    services: PaymentServices
     identity: Identity | None = None
     auth_error: str | None = None
     loaders: Loaders = field(default_factory=Loaders)

@@ -73,12 +73,9 @@ def after_commit(callback: AfterCommit) -> None:
 
 @asynccontextmanager
 async def transaction() -> AsyncIterator[BaseDBAsyncClient]:
+    """A transaction, or a savepoint inside one, whose `after_commit` callbacks run once the
+    outermost transaction commits; a rolled-back savepoint drops its own callbacks."""
     outer = _after_commit.get()
-    if outer is not None:
-        # Nested: the outermost transaction decides when "committed" is true.
-        async with in_transaction() as connection:
-            yield connection
-        return
     pending: list[AfterCommit] = []
     token = _after_commit.set(pending)
     try:
@@ -86,6 +83,9 @@ async def transaction() -> AsyncIterator[BaseDBAsyncClient]:
             yield connection
     finally:
         _after_commit.reset(token)
+    if outer is not None:
+        outer.extend(pending)
+        return
     for callback in pending:
         try:
             await callback()

@@ -2,23 +2,37 @@
 
 An event carries only the order id and its version. Subscribers re-read the order, so a lost
 or repeated hint never shows a wrong state, only a late one. The transport is chosen by
-`EVENTS_URL`; `memory://` delivers within this process.
+`EVENTS_URL`:
+
+- `memory://` delivers within this process (one process, or tests);
+- `postgres://...` is LISTEN/NOTIFY on the service's own database (`events_postgres`);
+- `redis://...` is Redis pub/sub (`events_redis`).
+
+Whatever the transport, each process holds one backend connection and fans the hints out to
+its own subscribers (`Fanout`), each of which has a bounded queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ordergraph.db import after_commit
+from ordergraph.settings import EVENTS_SCHEMES
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBER_QUEUE_SIZE = 64
+
+# The version of a catch-up hint: "you may have missed something, re-read". Real versions
+# start at 1.
+CATCH_UP = 0
 
 
 @dataclass(frozen=True)
@@ -26,43 +40,63 @@ class OrderEvent:
     order_id: str
     version: int
 
+    def encode(self) -> str:
+        return f"{self.order_id}:{self.version}"
+
+    @classmethod
+    def decode(cls, payload: str | bytes) -> OrderEvent | None:
+        """The event in a transport message, or None for a message that is not one of ours."""
+        text = payload.decode(errors="replace") if isinstance(payload, bytes) else payload
+        order_id, _, version = text.rpartition(":")
+        if not order_id or not version.isdigit():
+            return None
+        return cls(order_id, int(version))
+
+
+@dataclass(frozen=True)
+class Hint:
+    """An event as one subscriber received it; `received` is on the `time.monotonic()` clock,
+    so that a reader can tell whether a read of the order started after the change was known."""
+
+    event: OrderEvent
+    received: float
+
 
 class SlowSubscriber(Exception):
     """The subscriber did not keep up and was dropped rather than buffer without bound."""
 
 
 class Subscription:
-    def __init__(self, order_id: str) -> None:
-        self.order_id = order_id
-        self.queue: asyncio.Queue[OrderEvent | None] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
-        self.overflowed = False
+    """One subscriber's hints for one order, in a bounded queue.
 
-    def offer(self, event: OrderEvent | None) -> None:
+    When the queue is full the subscriber is too slow: it is marked `overflowed`, gets no more
+    hints, and `on_overflow` (e.g. closing its socket) is called once.
+    """
+
+    def __init__(self, order_id: str, on_overflow: Callable[[], None] | None = None) -> None:
+        self.order_id = order_id
+        self.queue: asyncio.Queue[Hint] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
+        self.overflowed = False
+        self.on_overflow = on_overflow
+
+    def offer(self, hint: Hint) -> None:
+        if self.overflowed:
+            return
         try:
-            self.queue.put_nowait(event)
+            self.queue.put_nowait(hint)
         except asyncio.QueueFull:
             self.overflowed = True
+            log.warning("dropping a subscriber of order %s: too slow to read", self.order_id)
+            if self.on_overflow is not None:
+                self.on_overflow()
 
-    async def __anext__(self) -> OrderEvent | None:
+    async def __anext__(self) -> Hint:
         if self.overflowed:
             raise SlowSubscriber(self.order_id)
         return await self.queue.get()
 
     def __aiter__(self) -> Subscription:
         return self
-
-
-class EventTransport(Protocol):
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def announce(self, event: OrderEvent) -> None:
-        """Called inside the transaction that changes the order: deliver at commit, never on
-        rollback (after_commit, or a NOTIFY that the database itself holds until commit)."""
-        ...
-
-    async def publish(self, event: OrderEvent) -> None: ...
-    def subscribe(self, order_id: str) -> AbstractAsyncContextManager[Subscription]: ...
-    async def ping(self) -> bool: ...
 
 
 class Fanout:
@@ -82,38 +116,57 @@ class Fanout:
                 del self._subscribers[subscription.order_id]
 
     def deliver(self, event: OrderEvent) -> None:
+        hint = Hint(event, time.monotonic())
         for subscription in self._subscribers.get(event.order_id, ()):
-            subscription.offer(event)
+            subscription.offer(hint)
 
     def deliver_all(self) -> None:
-        """Tell every subscriber to re-read its order, e.g. after a transport reconnect."""
+        """Tell every subscriber to re-read its order: after a transport reconnect, a change
+        may have been published while no one was listening."""
+        received = time.monotonic()
         for order_id, subscribers in self._subscribers.items():
+            hint = Hint(OrderEvent(order_id, CATCH_UP), received)
             for subscription in subscribers:
-                subscription.offer(OrderEvent(order_id, 0))
+                subscription.offer(hint)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._subscribers.values())
 
 
-class MemoryTransport:
+class EventTransport:
+    """The interface every transport offers, and what they share: this process's `Fanout`.
+
+    A transport delivers what it receives with `self.fanout.deliver(event)`, and calls
+    `self.fanout.deliver_all()` whenever it has (re)connected, since anything published while
+    it was away is lost.
+    """
+
+    name = "memory"
+
     def __init__(self) -> None:
         self.fanout = Fanout()
 
     async def start(self) -> None:
-        return None
+        """Open the backend connection; until `stop`, keep it open."""
 
     async def stop(self) -> None:
-        return None
+        """Close the backend connection."""
 
     async def announce(self, event: OrderEvent) -> None:
+        """Called inside the transaction that changes the order: deliver at commit, never on a
+        rollback. By default, publish after commit; a transport whose backend is the database
+        itself can instead let the database hold the message until commit."""
         after_commit(lambda: self.publish(event))
 
     async def publish(self, event: OrderEvent) -> None:
-        self.fanout.deliver(event)
+        """Send `event` to every process's subscribers now."""
+        raise NotImplementedError
 
     @asynccontextmanager
-    async def subscribe(self, order_id: str) -> AsyncIterator[Subscription]:
-        subscription = Subscription(order_id)
+    async def subscribe(
+        self, order_id: str, on_overflow: Callable[[], None] | None = None
+    ) -> AsyncIterator[Subscription]:
+        subscription = Subscription(order_id, on_overflow)
         self.fanout.add(subscription)
         try:
             yield subscription
@@ -121,25 +174,76 @@ class MemoryTransport:
             self.fanout.remove(subscription)
 
     async def ping(self) -> bool:
+        """Whether the backend answers now (for `/readyz`)."""
         return True
 
 
+class MemoryTransport(EventTransport):
+    async def publish(self, event: OrderEvent) -> None:
+        self.fanout.deliver(event)
+
+
 def transport_for(url: str) -> EventTransport:
-    if url.startswith("memory://"):
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
         return MemoryTransport()
-    raise ValueError(f"EVENTS_URL {url!r} is not supported yet; use memory://")
+    if scheme in ("postgres", "postgresql"):
+        from ordergraph.events_postgres import PostgresTransport
+
+        return PostgresTransport(url)
+    if scheme in ("redis", "rediss"):
+        from ordergraph.events_redis import RedisTransport
+
+        return RedisTransport(url)
+    raise ValueError(f"EVENTS_URL must start with one of {', '.join(EVENTS_SCHEMES)}, not {url!r}")
+
+
+def split_channel(url: str, default: str) -> tuple[str, str]:
+    """Take our `channel` parameter out of a transport URL: (URL for the client, channel)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    channel = next((value for key, value in query if key == "channel"), "") or default
+    rest = urlencode([(key, value) for key, value in query if key != "channel"])
+    return urlunsplit(parts._replace(query=rest)), channel
+
+
+def reconnect_delays(first: float = 0.1, cap: float = 5.0) -> Iterator[float]:
+    """Exponential backoff with jitter, so that many processes do not reconnect in step."""
+    delay = first
+    while True:
+        yield delay * random.uniform(0.5, 1.0)
+        delay = min(delay * 2, cap)
 
 
 _transport: EventTransport = MemoryTransport()
 
 
-def use_transport(transport: EventTransport) -> None:
+def use_transport(transport: EventTransport) -> EventTransport:
+    """Install `transport` for this process; returns the one it replaces."""
     global _transport
-    _transport = transport
+    previous, _transport = _transport, transport
+    return previous
 
 
 def current_transport() -> EventTransport:
     return _transport
+
+
+@asynccontextmanager
+async def running(url: str) -> AsyncIterator[EventTransport]:
+    """Start the transport `url` names and install it until the block ends.
+
+    For the app's lifespan and for commands that change orders (`expire-pending`), so that
+    every change reaches subscribers whichever process makes it.
+    """
+    transport = transport_for(url)
+    await transport.start()
+    previous = use_transport(transport)
+    try:
+        yield transport
+    finally:
+        use_transport(previous)
+        await transport.stop()
 
 
 async def announce(event: OrderEvent) -> None:

@@ -9,7 +9,6 @@ a sender that dies mid-send leaves a lease that expires, and that one mail may g
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,7 @@ import aiosmtplib
 from tortoise.expressions import Q
 
 from ordergraph.db import after_commit
-from ordergraph.models import Order, OrderItem, OutboxEmail, OutboxStatus
+from ordergraph.models import Order, OutboxEmail, OutboxStatus
 from ordergraph.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,66 +33,11 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(2 ** (attempts - 1), 600))
 
 
-def money(amount: int, currency: str) -> str:
-    return f"{amount / 100:,.2f} {currency}"
-
-
 @dataclass(frozen=True)
 class Composed:
     subject: str
     text: str
     html: str
-
-
-def _address_lines(address: dict[str, str | None] | None) -> list[str]:
-    if not address:
-        return []
-    city_line = " ".join(part for part in (address.get("postal_code"), address.get("city")) if part)
-    parts = [
-        address.get("name"),
-        address.get("line1"),
-        address.get("line2"),
-        city_line,
-        address.get("state"),
-        address.get("country"),
-    ]
-    return [p for p in parts if p]
-
-
-def compose_receipt(order: Order, items: list[OrderItem]) -> Composed:
-    lines = [
-        (item.product_name, item.quantity, money(item.unit_price * item.quantity, order.currency))
-        for item in items
-    ]
-    total = money(order.total, order.currency)
-    address = _address_lines(order.shipping_address)
-    text = "\n".join(
-        [
-            "Thank you for your order.",
-            "",
-            f"Order: {order.id}",
-            "",
-            *(f"{qty} x {name}: {amount}" for name, qty, amount in lines),
-            "",
-            f"Total paid: {total}",
-            "",
-            "Shipping to:",
-            *address,
-        ]
-    )
-    rows = "".join(
-        f"<tr><td>{qty} &times; {html.escape(name)}</td><td>{amount}</td></tr>"
-        for name, qty, amount in lines
-    )
-    html_body = (
-        "<html><body><h1>Thank you for your order</h1>"
-        f"<p>Order <code>{order.id}</code></p>"
-        f"<table>{rows}<tr><th>Total paid</th><th>{total}</th></tr></table>"
-        "<h2>Shipping to</h2><p>"
-        + "<br>".join(html.escape(line) for line in address)
-        + "</p></body></html>"
-    )
-    return Composed(f"Your receipt for order {str(order.id)[:8]}", text, html_body)
 
 
 async def enqueue_email(

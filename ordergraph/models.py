@@ -108,6 +108,7 @@ class Order(Model):
     version = fields.IntField(default=1)
     currency = fields.CharField(max_length=3)
     total = fields.IntField()
+    amount_refunded = fields.IntField(default=0)
     shipping_address: dict[str, Any] | None = fields.JSONField(null=True)
     carrier = fields.CharField(max_length=64, null=True)
     tracking_number = fields.CharField(max_length=128, null=True)

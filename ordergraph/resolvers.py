@@ -17,7 +17,7 @@ from strawberry.types import Info
 from tortoise.expressions import Q
 from tortoise.queryset import QuerySet
 
-from ordergraph import cart, catalog
+from ordergraph import cart, catalog, expiry, fulfilment, payments
 from ordergraph import checkout as checkout_domain
 from ordergraph.auth import Identity, ensure_user
 from ordergraph.context import Context
@@ -29,6 +29,7 @@ from ordergraph.graphql_types import (
     Order,
     OrderConnection,
     OrderEdge,
+    OrderPayload,
     PageInfo,
     Product,
     ProductConnection,
@@ -42,6 +43,7 @@ from ordergraph.graphql_types import (
 from ordergraph.models import Order as OrderModel
 from ordergraph.models import OrderStatus
 from ordergraph.models import Product as ProductModel
+from ordergraph.stripe_gateway import PaymentProviderError
 
 MAX_PAGE = 100
 P = TypeVar("P")
@@ -232,7 +234,7 @@ async def checkout(info: Info) -> CheckoutPayload:
 
     async def run() -> CheckoutPayload:
         result = await checkout_domain.checkout(
-            identity.user_id, identity.email, context.settings, context.gateway
+            identity.user_id, identity.email, context.settings, context.services.gateway
         )
         return CheckoutPayload(
             order_id=strawberry.ID(str(result.order.id)),
@@ -243,12 +245,14 @@ async def checkout(info: Info) -> CheckoutPayload:
     return await _payload(CheckoutPayload, run())
 
 
+def _forbidden() -> list[UserError]:
+    return [UserError(code=ErrorCode.FORBIDDEN, message="Staff only")]
+
+
 async def upsert_product(info: Info, input: ProductInput) -> ProductPayload:
     identity = await require_user(info)
     if not identity.is_staff:
-        return ProductPayload(
-            user_errors=[UserError(code=ErrorCode.FORBIDDEN, message="Staff only")]
-        )
+        return ProductPayload(user_errors=_forbidden())
 
     async def run() -> ProductPayload:
         row = await catalog.upsert_product(
@@ -265,3 +269,90 @@ async def upsert_product(info: Info, input: ProductInput) -> ProductPayload:
         )
 
     return await _payload(ProductPayload, run())
+
+
+def _order_id(order_id: str) -> str:
+    key = _uuid(order_id)
+    if key is None:
+        raise BusinessError.of(ErrorCode.NOT_FOUND, "No such order", field=("orderId",))
+    return str(key)
+
+
+async def _order_payload(action: Callable[[], Awaitable[OrderModel]]) -> OrderPayload:
+    async def run() -> OrderPayload:
+        return OrderPayload(order=Order.from_model(await action()))
+
+    return await _payload(OrderPayload, run())
+
+
+async def cancel_order(info: Info, order_id: strawberry.ID) -> OrderPayload:
+    identity = await require_user(info)
+    services = _context(info).services
+    return await _order_payload(
+        lambda: expiry.cancel_order(
+            _order_id(order_id), user_id=identity.user_id, services=services
+        )
+    )
+
+
+async def sync_order_payment(info: Info, order_id: strawberry.ID) -> OrderPayload:
+    identity = await require_user(info)
+    services = _context(info).services
+
+    async def run() -> OrderModel:
+        query = OrderModel.filter(id=_order_id(order_id))
+        if not identity.is_staff:
+            query = query.filter(user_id=identity.user_id)
+        order = await query.first()
+        if order is None:
+            raise fulfilment.not_found()
+        try:
+            await payments.sync_checkout(order, actor=f"user:{identity.user_id}", services=services)
+        except PaymentProviderError as exc:
+            raise BusinessError.of(
+                ErrorCode.PAYMENT_PROVIDER_ERROR, "Stripe could not be reached; try again"
+            ) from exc
+        await order.refresh_from_db()
+        return order
+
+    return await _order_payload(run)
+
+
+async def _staff_order_action(
+    info: Info, action: Callable[[str], Awaitable[OrderModel]]
+) -> OrderPayload:
+    identity = await require_user(info)
+    if not identity.is_staff:
+        return OrderPayload(user_errors=_forbidden())
+    return await _order_payload(lambda: action(f"staff:{identity.user_id}"))
+
+
+async def mark_order_awaiting_shipment(info: Info, order_id: strawberry.ID) -> OrderPayload:
+    return await _staff_order_action(
+        info, lambda actor: fulfilment.mark_awaiting_shipment(_order_id(order_id), actor=actor)
+    )
+
+
+async def mark_order_shipped(
+    info: Info, order_id: strawberry.ID, tracking_number: str, carrier: str | None = None
+) -> OrderPayload:
+    return await _staff_order_action(
+        info,
+        lambda actor: fulfilment.mark_shipped(
+            _order_id(order_id), tracking_number=tracking_number, carrier=carrier, actor=actor
+        ),
+    )
+
+
+async def mark_order_delivered(info: Info, order_id: strawberry.ID) -> OrderPayload:
+    return await _staff_order_action(
+        info, lambda actor: fulfilment.mark_delivered(_order_id(order_id), actor=actor)
+    )
+
+
+async def refund_order(info: Info, order_id: strawberry.ID) -> OrderPayload:
+    services = _context(info).services
+    return await _staff_order_action(
+        info,
+        lambda actor: fulfilment.refund_order(_order_id(order_id), actor=actor, services=services),
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import strawberry
 from graphql import GraphQLError
@@ -17,13 +17,14 @@ from strawberry.extensions import (
 )
 from strawberry.types import ExecutionContext
 
-from ordergraph import resolvers
+from ordergraph import resolvers, subscriptions
 from ordergraph.graphql_types import (
     Cart,
     CartPayload,
     CheckoutPayload,
     Order,
     OrderConnection,
+    OrderPayload,
     Product,
     ProductConnection,
     ProductPayload,
@@ -60,8 +61,39 @@ class Mutation:
             "opens a Stripe Checkout Session."
         ),
     )
+    cancel_order: OrderPayload = strawberry.mutation(
+        resolver=resolvers.cancel_order,
+        description=(
+            "Shopper cancels an unpaid order: the Stripe session is expired and the stock released."
+        ),
+    )
+    sync_order_payment: OrderPayload = strawberry.mutation(
+        resolver=resolvers.sync_order_payment,
+        description=(
+            "Asks Stripe for the order's Checkout Session and applies a completed payment at once "
+            "(for the success page)."
+        ),
+    )
     upsert_product: ProductPayload = strawberry.mutation(
-        resolver=resolvers.upsert_product, description="Staff only."
+        resolver=resolvers.upsert_product, description="Staff only from here on."
+    )
+    mark_order_awaiting_shipment: OrderPayload = strawberry.mutation(
+        resolver=resolvers.mark_order_awaiting_shipment
+    )
+    mark_order_shipped: OrderPayload = strawberry.mutation(resolver=resolvers.mark_order_shipped)
+    mark_order_delivered: OrderPayload = strawberry.mutation(
+        resolver=resolvers.mark_order_delivered
+    )
+    refund_order: OrderPayload = strawberry.mutation(resolver=resolvers.refund_order)
+
+
+@strawberry.type
+class Subscription:
+    order_status_changed: AsyncIterator[Order] = strawberry.subscription(
+        resolver=subscriptions.order_status_changed,
+        description=(
+            "First the order as it is now, then the order after each status or payment change."
+        ),
     )
 
 
@@ -97,7 +129,7 @@ def build_schema(*, debug: bool = False) -> strawberry.Schema:
         from strawberry.extensions import DisableIntrospection
 
         extensions.append(DisableIntrospection)
-    return Schema(query=Query, mutation=Mutation, extensions=extensions)
+    return Schema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)
 
 
 def schema_sdl() -> str:

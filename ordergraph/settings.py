@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+EVENTS_SCHEMES = ("memory", "postgres", "postgresql", "redis", "rediss")
+
 
 class SettingsError(RuntimeError):
     """A setting is missing or malformed; the message names the variable."""
@@ -62,6 +64,9 @@ class Settings:
     smtp_password: str | None = None
     smtp_starttls: bool = False
     mail_from: str = "orders@localhost"
+    staff_email: str = "orders@localhost"
+    sweep_interval_seconds: int = 60
+    expiry_grace_minutes: int = 5
     jwt_secret: str = field(default="", repr=False)
     debug: bool = False
 
@@ -85,12 +90,18 @@ class Settings:
             if origins_raw
             else (_origin(frontend_url),)
         )
+        events_url = get("EVENTS_URL") or cls.events_url
+        if urlsplit(events_url).scheme not in EVENTS_SCHEMES:
+            raise SettingsError(
+                f"EVENTS_URL must start with one of {', '.join(EVENTS_SCHEMES)} (://), "
+                f"not {events_url!r}"
+            )
         currency = (get("SHOP_CURRENCY") or cls.shop_currency).upper()
         if len(currency) != 3 or not currency.isalpha():
             raise SettingsError(f"SHOP_CURRENCY must be an ISO 4217 code, not {currency!r}")
         return cls(
             database_url=get("DATABASE_URL") or cls.database_url,
-            events_url=get("EVENTS_URL") or cls.events_url,
+            events_url=events_url,
             frontend_url=frontend_url,
             allowed_origins=allowed_origins,
             stripe_secret_key=get("STRIPE_SECRET_KEY"),
@@ -119,6 +130,13 @@ class Settings:
             smtp_password=get("SMTP_PASSWORD"),
             smtp_starttls=_bool("SMTP_STARTTLS", get("SMTP_STARTTLS") or "false"),
             mail_from=get("MAIL_FROM") or cls.mail_from,
+            staff_email=get("STAFF_EMAIL") or get("MAIL_FROM") or cls.staff_email,
+            sweep_interval_seconds=_int(
+                "SWEEP_INTERVAL_SECONDS", get("SWEEP_INTERVAL_SECONDS") or "60", low=0, high=86400
+            ),
+            expiry_grace_minutes=_int(
+                "EXPIRY_GRACE_MINUTES", get("EXPIRY_GRACE_MINUTES") or "5", low=0, high=1440
+            ),
             jwt_secret=jwt_secret,
             debug=_bool("DEBUG", get("DEBUG") or "false"),
         )

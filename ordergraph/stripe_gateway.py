@@ -64,6 +64,13 @@ class CheckoutSession:
     customer_email: str | None = None
 
 
+@dataclass(frozen=True)
+class Refund:
+    id: str
+    amount: int
+    status: str
+
+
 def _get(obj: Mapping[str, Any] | None, key: str) -> Any:
     return obj.get(key) if isinstance(obj, Mapping) else None
 
@@ -215,6 +222,22 @@ class StripeGateway:
             self.client.v1.checkout.sessions.expire_async(session_id),
         )
         return session_from_stripe(session)
+
+    async def create_refund(
+        self, payment_intent_id: str, amount: int, *, idempotency_key: str, reason: str
+    ) -> Refund:
+        refund = await self._call(
+            "refund create",
+            self.client.v1.refunds.create_async(
+                params={
+                    "payment_intent": payment_intent_id,
+                    "amount": amount,
+                    "metadata": {"reason": reason[:500]},
+                },
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return Refund(id=refund["id"], amount=refund["amount"], status=refund["status"])
 
     async def close(self) -> None:
         await self._http.close_async()

@@ -2,7 +2,9 @@
 
 Stripe retries anything that is not 2xx, so a 2xx means "do not send this again": it is given
 for events applied, repeated, or deliberately ignored (including ones that can never apply,
-which are logged). A bad signature or body gets 400 and changes nothing.
+which are logged). A bad signature or body gets 400 and changes nothing. An event that cannot
+apply yet, or whose processing failed on the way (database, Stripe), gets 5xx so that Stripe
+delivers it again.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ordergraph.payments import apply_stripe_event
+from ordergraph.payments import RetryLater, apply_stripe_event
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import BadWebhook, parse_webhook
 
@@ -47,6 +49,13 @@ async def stripe_webhook(request: Request) -> Response:
     except BadWebhook as exc:
         log.warning("refused a Stripe webhook: %s", exc)
         return JSONResponse({"error": str(exc)}, status_code=400)
-    outcome = await apply_stripe_event(event)
+    try:
+        outcome = await apply_stripe_event(event, request.app.state.services)
+    except RetryLater as exc:
+        log.info("stripe event %s (%s) must wait: %s", event["id"], event["type"], exc)
+        return JSONResponse({"error": "not yet applicable; retry later"}, status_code=503)
+    except Exception:
+        log.exception("stripe event %s (%s) failed; Stripe will retry", event["id"], event["type"])
+        return JSONResponse({"error": "temporary failure; retry later"}, status_code=500)
     log.info("stripe event %s (%s): %s", event["id"], event["type"], outcome)
     return JSONResponse({"received": True, "outcome": outcome.value})

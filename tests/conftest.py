@@ -9,6 +9,7 @@ server fails the run instead of skipping it.
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import os
 import secrets
 import socket
@@ -16,8 +17,9 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email import message_from_bytes
-from email.message import Message
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from tortoise import Tortoise
 from ordergraph.app import create_app
 from ordergraph.auth import forget_known_users, issue_token
 from ordergraph.db import apply_migrations
+from ordergraph.models import OutboxEmail, OutboxStatus
 from ordergraph.settings import Settings
 from ordergraph.stripe_emulator import StripeEmulator
 
@@ -96,15 +99,16 @@ async def database_url() -> AsyncIterator[str]:
 
 @dataclass
 class Mailbox:
-    messages: list[Message] = field(default_factory=list)
+    messages: list[EmailMessage] = field(default_factory=list)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        message = message_from_bytes(envelope.content)
+        message = message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
         message["X-Envelope-To"] = ",".join(envelope.rcpt_tos)
         self.messages.append(message)
         return "250 OK"
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Message]:
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
         deadline = time.monotonic() + timeout
         while len(self.messages) < count and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -145,8 +149,8 @@ def smtp() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture
-def mailbox(smtp: SmtpServer) -> Mailbox:
-    smtp.mailbox.messages.clear()
+def mailbox(app: Harness, smtp: SmtpServer) -> Mailbox:
+    """The mail that this test caused (the `app` fixture empties it)."""
     return smtp.mailbox
 
 
@@ -155,7 +159,14 @@ class Served:
 
     def __init__(self, app: Any) -> None:
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=0,
+                log_level="warning",
+                lifespan="on",
+                ws_per_message_deflate=False,
+            )
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -213,7 +224,14 @@ class Harness:
 def make_settings(
     database_url: str, emulator_url: str, smtp_port: int, **overrides: Any
 ) -> Settings:
-    env = {
+    return Settings.from_env(service_env(database_url, emulator_url, smtp_port, **overrides))
+
+
+def service_env(
+    database_url: str, emulator_url: str, smtp_port: int, **overrides: str
+) -> dict[str, str]:
+    """The environment of a test service, in process or as a separate `ordergraph serve`."""
+    return {
         "DATABASE_URL": database_url,
         "JWT_SECRET": JWT_SECRET,
         "STRIPE_SECRET_KEY": "sk_test_ordergraph",
@@ -227,7 +245,6 @@ def make_settings(
         "MAIL_FROM": "orders@shop.test",
         **overrides,
     }
-    return Settings.from_env(env)
 
 
 @pytest.fixture(scope="session")
@@ -243,9 +260,24 @@ async def harness(
         yield Harness(url=url, settings=settings, emulator=emulator, http=http, asgi=asgi)
 
 
+async def _outbox_settled(timeout: float = 5.0) -> None:
+    """Let the previous test's mail go out, so that it cannot land in the next test's mailbox."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        due = await OutboxEmail.filter(
+            status__in=[OutboxStatus.PENDING, OutboxStatus.SENDING],
+            next_attempt_at__lte=datetime.now(UTC),
+        ).count()
+        if not due:
+            return
+        await asyncio.sleep(0.05)
+
+
 @pytest.fixture
-async def app(harness: Harness, mailbox: Mailbox) -> AsyncIterator[Harness]:
+async def app(harness: Harness, smtp: SmtpServer) -> AsyncIterator[Harness]:
     """The running service with an empty database, a fresh emulator and an empty mailbox."""
+    await harness.emulator.drain()
+    await _outbox_settled()
     connection = Tortoise.get_connection("default")
     if connection.capabilities.dialect == "postgres":
         await connection.execute_script(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
@@ -253,6 +285,7 @@ async def app(harness: Harness, mailbox: Mailbox) -> AsyncIterator[Harness]:
         for table in TABLES:
             await connection.execute_script(f'DELETE FROM "{table}"')
     forget_known_users()
+    smtp.mailbox.messages.clear()
     harness.emulator.reset()
     harness.emulator.webhook_url = f"{harness.url}/webhooks/stripe"
     harness.emulator.webhook_secret = WEBHOOK_SECRET

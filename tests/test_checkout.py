@@ -188,13 +188,13 @@ async def test_stripe_failure_leaves_stock_cart_and_orders_as_before(
         payload = await checkout(app, token)
     else:
         nowhere = replace(app.settings, stripe_api_base=f"http://127.0.0.1:{free_port()}")
-        running = app.asgi.state.gateway
-        app.asgi.state.gateway = StripeGateway(nowhere)
+        running = app.asgi.state.services
+        app.asgi.state.services = replace(running, gateway=StripeGateway(nowhere))
         try:
             payload = await checkout(app, token)
         finally:
-            await app.asgi.state.gateway.close()
-            app.asgi.state.gateway = running
+            await app.asgi.state.services.gateway.close()
+            app.asgi.state.services = running
 
     assert payload["orderId"] is None
     assert [e["code"] for e in payload["userErrors"]] == ["PAYMENT_PROVIDER_ERROR"]

@@ -1,0 +1,141 @@
+"""`Subscription.orderStatusChanged`: the order as it is now, then after every committed change.
+
+Events are hints (order id, version). On each hint the subscriber re-reads the order, so what
+it sends is always a committed state, whatever the transport lost, repeated or reordered; and
+it sends only versions newer than the last it sent. All subscribers of an order in this
+process share one read per change (`OrderReads`), each read with DataLoaders of its own: a
+WebSocket's context lives as long as the connection, so loaders kept there would serve the
+order's history as it was when the socket opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import strawberry
+from graphql import GraphQLError
+from starlette.websockets import WebSocket
+from strawberry.types import Info
+from tortoise.transactions import in_transaction
+
+from ordergraph import events, resolvers
+from ordergraph.context import Context
+from ordergraph.db import is_postgres
+from ordergraph.errors import ErrorCode
+from ordergraph.graphql_types import Order
+from ordergraph.loaders import Loaders
+from ordergraph.models import Order as OrderModel
+
+# WebSocket close code for a subscriber dropped for reading too slowly: "try again later".
+SLOW_CLIENT_CLOSE_CODE = 1013
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    order: OrderModel
+    loaders: Loaders
+
+
+class OrderReads:
+    """One read of an order shared by every subscriber of it that is waiting for one.
+
+    A subscriber that learnt of a change at time `since` may use any read that started at or
+    after `since`: it sees that change. So when a hint reaches 10,000 subscribers of one order,
+    the first starts a read and the other 9,999 wait for it instead of asking the database.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, tuple[float, asyncio.Task[Snapshot | None]]] = {}
+
+    async def read(self, order_id: str, since: float) -> Snapshot | None:
+        entry = self._pending.get(order_id)
+        if entry is None or entry[0] < since:
+            entry = (time.monotonic(), asyncio.create_task(self._read(order_id)))
+            self._pending[order_id] = entry
+            entry[1].add_done_callback(lambda _: self._forget(order_id, entry))
+        # Shielded: a subscriber that leaves does not cancel the read for the others.
+        return await asyncio.shield(entry[1])
+
+    def _forget(self, order_id: str, entry: tuple[float, asyncio.Task[Snapshot | None]]) -> None:
+        if self._pending.get(order_id) is entry:
+            del self._pending[order_id]
+        if not entry[1].cancelled():
+            entry[1].exception()  # retrieved here, so a read no one awaits is not reported
+
+    @staticmethod
+    async def _read(order_id: str) -> Snapshot | None:
+        """The order, its lines and its history as of one moment, so that a message never
+        pairs a status with a history that has already moved on."""
+        loaders = Loaders()
+        async with in_transaction() as connection:
+            if is_postgres(connection):
+                await connection.execute_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            order = await OrderModel.filter(id=order_id).first()
+            if order is None:
+                return None
+            await loaders.order_items.load(order_id)
+            await loaders.status_changes.load(order_id)
+        return Snapshot(order, loaders)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+reads = OrderReads()
+
+
+async def order_status_changed(info: Info, order_id: strawberry.ID) -> AsyncIterator[Order]:
+    """Checked before the stream starts, so that refusal is the operation's error: only the
+    owner or staff may follow an order, and anyone else is told it does not exist."""
+    order = await resolvers.order(info, order_id)
+    if order is None:
+        raise GraphQLError("No such order", extensions={"code": ErrorCode.NOT_FOUND.value})
+    return follow(info.context, str(order.id))
+
+
+async def follow(context: Context, order_id: str) -> AsyncIterator[Order]:
+    transport = events.current_transport()
+    async with transport.subscribe(order_id, _dropper(context.request)) as hints:
+        # Subscribed before the first read: a change committed after it arrives as a hint.
+        since = time.monotonic()
+        last_sent = 0
+        while True:
+            snapshot = await reads.read(order_id, since)
+            if snapshot is None:
+                return  # the order is gone
+            if snapshot.order.version > last_sent:
+                last_sent = snapshot.order.version
+                context.loaders = snapshot.loaders
+                yield Order.from_model(snapshot.order)
+            async for hint in hints:
+                version = hint.event.version
+                if version == events.CATCH_UP or version > last_sent:
+                    since = hint.received
+                    break
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _dropper(request: object) -> Callable[[], None] | None:
+    """What to do with a subscriber that cannot keep up: close its socket rather than queue
+    for it. (Its stream also ends at its next read: `Subscription` raises `SlowSubscriber`.)"""
+    if not isinstance(request, WebSocket):
+        return None
+    websocket = request
+
+    def drop() -> None:
+        task = asyncio.get_running_loop().create_task(_close(websocket))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    return drop
+
+
+async def _close(websocket: WebSocket) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.close(code=SLOW_CLIENT_CLOSE_CODE, reason="subscriber too slow")
