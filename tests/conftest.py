@@ -273,9 +273,8 @@ async def _outbox_settled(timeout: float = 5.0) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-async def app(harness: Harness, smtp: SmtpServer) -> AsyncIterator[Harness]:
-    """The running service with an empty database, a fresh emulator and an empty mailbox."""
+async def reset_service(harness: Harness, smtp: SmtpServer) -> None:
+    """Empty the database, the emulator and the mailbox under the running service."""
     await harness.emulator.drain()
     await _outbox_settled()
     connection = Tortoise.get_connection("default")
@@ -289,4 +288,10 @@ async def app(harness: Harness, smtp: SmtpServer) -> AsyncIterator[Harness]:
     harness.emulator.reset()
     harness.emulator.webhook_url = f"{harness.url}/webhooks/stripe"
     harness.emulator.webhook_secret = WEBHOOK_SECRET
+
+
+@pytest.fixture
+async def app(harness: Harness, smtp: SmtpServer) -> AsyncIterator[Harness]:
+    """The running service with an empty database, a fresh emulator and an empty mailbox."""
+    await reset_service(harness, smtp)
     yield harness
