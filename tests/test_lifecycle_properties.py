@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import pairwise
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from ordergraph.models import (
     OrderStatus,
     OrderStatusChange,
     OutboxEmail,
+    PaymentStatus,
     Product,
 )
 from ordergraph.order_state import HOLDS_STOCK, PAYMENT_TRANSITIONS, SHIPPED_STATES, TRANSITIONS
@@ -109,8 +111,8 @@ async def _check_invariants(products: dict[str, Product], initial: dict[str, int
     for order_id, order in orders.items():
         changes = await OrderStatusChange.filter(order_id=order_id).order_by("id")
         path = [(c.status, c.payment_status) for c in changes]
-        assert path[0] == (OrderStatus.PENDING_PAYMENT, order.payment_status.__class__("pending"))
-        for (s1, p1), (s2, p2) in zip(path, path[1:], strict=False):
+        assert path[0] == (OrderStatus.PENDING_PAYMENT, PaymentStatus.PENDING)
+        for (s1, p1), (s2, p2) in pairwise(path):
             assert s1 == s2 or s2 in TRANSITIONS[s1], path
             assert p1 == p2 or p2 in PAYMENT_TRANSITIONS[p1], path
         assert path[-1] == (order.status, order.payment_status)
