@@ -25,6 +25,7 @@ from ordergraph.auth import AuthError, identity_from_header
 from ordergraph.context import Context
 from ordergraph.db import tortoise_config
 from ordergraph.expiry import Sweeper
+from ordergraph.limits import BodySizeLimit
 from ordergraph.mail import MailSender
 from ordergraph.payments import PaymentServices
 from ordergraph.schema import build_schema
@@ -33,6 +34,9 @@ from ordergraph.stripe_gateway import StripeGateway
 from ordergraph.webhooks import stripe_webhook
 
 log = logging.getLogger(__name__)
+
+# GraphQL requests are small (queries are capped at 2,000 tokens); Stripe events are < 256 KiB.
+MAX_BODY_BYTES = 256 * 1024
 
 KEEP_ALIVE_SECONDS = 15.0
 
@@ -141,13 +145,14 @@ def create_app(settings: Settings) -> Starlette:
             Route("/readyz", readyz),
         ],
         middleware=[
+            Middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.allowed_origins),
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=["Authorization", "Content-Type"],
                 max_age=600,
-            )
+            ),
         ],
         lifespan=lifespan,
     )

@@ -133,9 +133,23 @@ async def undo_checkout(order_id: str, reason: str) -> None:
                 )
 
 
+async def check_rate(user_id: str, settings: Settings) -> None:
+    """A few checkouts a minute per shopper, so that a script cannot hold the whole stock in
+    unpaid orders. Counted from the orders table, so it holds across processes; 0 disables."""
+    limit = settings.checkout_rate_per_minute
+    if limit <= 0:
+        return
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    if await Order.filter(user_id=user_id, created_at__gte=since).count() >= limit:
+        raise BusinessError.of(
+            ErrorCode.RATE_LIMITED, f"At most {limit} checkouts a minute; try again shortly"
+        )
+
+
 async def checkout(
     user_id: str, email: str | None, settings: Settings, gateway: StripeGateway
 ) -> CheckoutResult:
+    await check_rate(user_id, settings)
     order, items = await place_order(user_id, settings)
     assert order.expires_at is not None
     request = CheckoutSessionRequest(
@@ -154,6 +168,8 @@ async def checkout(
     except PaymentProviderError as exc:
         log.warning("checkout of order %s undone: %s", order.id, exc)
         await undo_checkout(str(order.id), f"payment provider error: {exc}")
+        if exc.uncertain:
+            gateway.expire_late_session(request)
         raise BusinessError.of(
             ErrorCode.PAYMENT_PROVIDER_ERROR,
             "The payment provider could not be reached; nothing was charged, please try again",

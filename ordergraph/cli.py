@@ -69,6 +69,7 @@ def cmd_token(args: argparse.Namespace) -> None:
 async def _expire_pending(settings: Settings) -> int:
     from tortoise import Tortoise
 
+    from ordergraph import events
     from ordergraph.db import tortoise_config
     from ordergraph.expiry import sweep_overdue_orders
     from ordergraph.payments import PaymentServices
@@ -77,7 +78,9 @@ async def _expire_pending(settings: Settings) -> int:
     await Tortoise.init(config=tortoise_config(settings.database_url))
     gateway = StripeGateway(settings)
     try:
-        return await sweep_overdue_orders(PaymentServices(settings, gateway))
+        # Installed, so that subscribers held by the serving processes hear of each change.
+        async with events.running(settings.events_url):
+            return await sweep_overdue_orders(PaymentServices(settings, gateway))
     finally:
         await gateway.close()
         await Tortoise.close_connections()

@@ -262,3 +262,36 @@ class ProductInput:
     description: str | None = ""
     price: int
     stock: int
+
+
+@strawberry.type(description="A mail the outbox could not deliver yet, or gave up on (DEAD).")
+class UndeliveredEmail:
+    id: strawberry.ID
+    order_id: strawberry.ID | None
+    recipient: str
+    subject: str
+    status: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime
+    created_at: datetime
+
+    @classmethod
+    def from_model(cls, row: models.OutboxEmail) -> UndeliveredEmail:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            order_id=strawberry.ID(str(row.order_id)) if row.order_id else None,
+            recipient=row.recipient,
+            subject=row.subject,
+            status=row.status.name,
+            attempts=row.attempts,
+            last_error=row.last_error,
+            next_attempt_at=row.next_attempt_at,
+            created_at=row.created_at,
+        )
+
+
+@strawberry.type
+class EmailPayload:
+    email: UndeliveredEmail | None = None
+    user_errors: list[UserError] = strawberry.field(default_factory=list)

@@ -17,15 +17,21 @@ from email.message import EmailMessage
 import aiosmtplib
 from tortoise.expressions import Q
 
-from ordergraph.db import after_commit
+from ordergraph.db import after_commit, transaction
 from ordergraph.models import Order, OutboxEmail, OutboxStatus
 from ordergraph.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
-LEASE = timedelta(minutes=2)
 POLL_SECONDS = 5.0
+
+
+def is_permanent(exc: Exception) -> bool:
+    """An SMTP 5xx refusal of the recipient will not change by trying again."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return all(500 <= r.code < 600 for r in exc.recipients)
+    return isinstance(exc, aiosmtplib.SMTPRecipientRefused) and 500 <= exc.code < 600
 
 
 def backoff(attempts: int) -> timedelta:
@@ -74,6 +80,9 @@ class MailSender:
     def __init__(self, settings: Settings, *, poll_seconds: float = POLL_SECONDS) -> None:
         self.settings = settings
         self.poll_seconds = poll_seconds
+        # Longer than any send can take, so that a live sender never loses its claim; a dead
+        # sender's mail is due again once it runs out.
+        self.lease = timedelta(seconds=2 * settings.mail_send_timeout_seconds + 5)
         self._stopping = False
 
     async def run(self) -> None:
@@ -97,19 +106,31 @@ class MailSender:
             _wakeup.set()
 
     async def _claim(self) -> OutboxEmail | None:
+        """Take one due mail for this sender, so that no other sender sends it meanwhile.
+
+        PostgreSQL: `FOR UPDATE SKIP LOCKED` lets concurrent senders pass over each other's
+        rows; SQLite has one writer at a time, so there the transaction alone is the claim.
+        Either way the lease (`claimed_until`) is what survives the transaction: a sender that
+        dies mid-send leaves a row that is due again when its lease runs out.
+        """
         now = datetime.now(UTC)
         due = Q(status=OutboxStatus.PENDING, next_attempt_at__lte=now) | Q(
             status=OutboxStatus.SENDING, claimed_until__lt=now
         )
-        for candidate in await OutboxEmail.filter(due).order_by("id").limit(5):
-            claimed = await OutboxEmail.filter(
-                Q(id=candidate.id),
-                due,
-            ).update(status=OutboxStatus.SENDING, claimed_until=now + LEASE)
-            if claimed:
-                await candidate.refresh_from_db()
-                return candidate
-        return None
+        async with transaction():
+            row = (
+                await OutboxEmail.filter(due)
+                .order_by("next_attempt_at", "id")
+                .limit(1)
+                .select_for_update(skip_locked=True)
+                .first()
+            )
+            if row is None:
+                return None
+            row.status = OutboxStatus.SENDING
+            row.claimed_until = now + self.lease
+            await row.save(update_fields=["status", "claimed_until"])
+            return row
 
     async def send_one(self) -> bool:
         """Send one due mail; False when none is due."""
@@ -121,7 +142,7 @@ class MailSender:
             await self.deliver(row)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:2000]
-            if attempts >= MAX_ATTEMPTS:
+            if attempts >= MAX_ATTEMPTS or is_permanent(exc):
                 log.error(
                     "mail %s to %s is dead after %d tries: %s",
                     row.id,
@@ -166,5 +187,28 @@ class MailSender:
             username=self.settings.smtp_username,
             password=self.settings.smtp_password,
             start_tls=self.settings.smtp_starttls,
-            timeout=30,
+            timeout=self.settings.mail_send_timeout_seconds,
         )
+
+
+async def undelivered(limit: int) -> list[OutboxEmail]:
+    """Mail that has failed at least once and is not sent: what staff should look at."""
+    return (
+        await OutboxEmail.filter(
+            Q(status=OutboxStatus.DEAD)
+            | Q(status__in=[OutboxStatus.PENDING, OutboxStatus.SENDING], attempts__gte=1)
+        )
+        .order_by("-created_at")
+        .limit(limit)
+    )
+
+
+async def retry_dead(email_id: int) -> OutboxEmail | None:
+    """Give a dead mail a fresh set of tries (after staff fixed the address or the server)."""
+    changed = await OutboxEmail.filter(id=email_id, status=OutboxStatus.DEAD).update(
+        status=OutboxStatus.PENDING, attempts=0, next_attempt_at=datetime.now(UTC)
+    )
+    if not changed:
+        return None
+    await wake_sender()
+    return await OutboxEmail.get(id=email_id)

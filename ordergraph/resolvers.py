@@ -17,7 +17,7 @@ from strawberry.types import Info
 from tortoise.expressions import Q
 from tortoise.queryset import QuerySet
 
-from ordergraph import cart, catalog, expiry, fulfilment, payments
+from ordergraph import cart, catalog, expiry, fulfilment, mail, payments
 from ordergraph import checkout as checkout_domain
 from ordergraph.auth import Identity, ensure_user
 from ordergraph.context import Context
@@ -26,6 +26,7 @@ from ordergraph.graphql_types import (
     Cart,
     CartPayload,
     CheckoutPayload,
+    EmailPayload,
     Order,
     OrderConnection,
     OrderEdge,
@@ -36,6 +37,7 @@ from ordergraph.graphql_types import (
     ProductEdge,
     ProductInput,
     ProductPayload,
+    UndeliveredEmail,
     UserError,
     decode_cursor,
     encode_cursor,
@@ -356,3 +358,25 @@ async def refund_order(info: Info, order_id: strawberry.ID) -> OrderPayload:
         info,
         lambda actor: fulfilment.refund_order(_order_id(order_id), actor=actor, services=services),
     )
+
+
+async def undelivered_emails(info: Info, first: int | None = 20) -> list[UndeliveredEmail]:
+    await require_staff(info)
+    rows = await mail.undelivered(_page_size(first, 20))
+    return [UndeliveredEmail.from_model(row) for row in rows]
+
+
+async def retry_email(info: Info, id: strawberry.ID) -> EmailPayload:
+    identity = await require_user(info)
+    if not identity.is_staff:
+        return EmailPayload(user_errors=_forbidden())
+    row = await mail.retry_dead(int(id)) if str(id).isdigit() else None
+    if row is None:
+        return EmailPayload(
+            user_errors=[
+                UserError(
+                    code=ErrorCode.NOT_FOUND, message="No dead mail with that id", field=["id"]
+                )
+            ]
+        )
+    return EmailPayload(email=UndeliveredEmail.from_model(row))

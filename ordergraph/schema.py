@@ -22,12 +22,14 @@ from ordergraph.graphql_types import (
     Cart,
     CartPayload,
     CheckoutPayload,
+    EmailPayload,
     Order,
     OrderConnection,
     OrderPayload,
     Product,
     ProductConnection,
     ProductPayload,
+    UndeliveredEmail,
 )
 
 
@@ -47,6 +49,10 @@ class Query:
     )
     my_orders: OrderConnection = strawberry.field(resolver=resolvers.my_orders)
     orders: OrderConnection = strawberry.field(resolver=resolvers.orders, description="Staff only.")
+    undelivered_emails: list[UndeliveredEmail] = strawberry.field(
+        resolver=resolvers.undelivered_emails,
+        description="Staff only: mail that failed at least once and is not sent, newest first.",
+    )
 
 
 @strawberry.type
@@ -85,6 +91,9 @@ class Mutation:
         resolver=resolvers.mark_order_delivered
     )
     refund_order: OrderPayload = strawberry.mutation(resolver=resolvers.refund_order)
+    retry_email: EmailPayload = strawberry.mutation(
+        resolver=resolvers.retry_email, description="Staff only: try a DEAD mail again."
+    )
 
 
 @strawberry.type

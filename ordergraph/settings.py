@@ -65,7 +65,9 @@ class Settings:
     smtp_starttls: bool = False
     mail_from: str = "orders@localhost"
     staff_email: str = "orders@localhost"
+    mail_send_timeout_seconds: int = 20
     sweep_interval_seconds: int = 60
+    checkout_rate_per_minute: int = 5
     expiry_grace_minutes: int = 5
     jwt_secret: str = field(default="", repr=False)
     debug: bool = False
@@ -131,6 +133,18 @@ class Settings:
             smtp_starttls=_bool("SMTP_STARTTLS", get("SMTP_STARTTLS") or "false"),
             mail_from=get("MAIL_FROM") or cls.mail_from,
             staff_email=get("STAFF_EMAIL") or get("MAIL_FROM") or cls.staff_email,
+            mail_send_timeout_seconds=_int(
+                "MAIL_SEND_TIMEOUT_SECONDS",
+                get("MAIL_SEND_TIMEOUT_SECONDS") or "20",
+                low=1,
+                high=300,
+            ),
+            checkout_rate_per_minute=_int(
+                "CHECKOUT_RATE_PER_MINUTE",
+                get("CHECKOUT_RATE_PER_MINUTE") or "5",
+                low=0,
+                high=1_000_000,
+            ),
             sweep_interval_seconds=_int(
                 "SWEEP_INTERVAL_SECONDS", get("SWEEP_INTERVAL_SECONDS") or "60", low=0, high=86400
             ),

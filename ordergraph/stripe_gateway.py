@@ -25,7 +25,15 @@ WEBHOOK_TOLERANCE_SECONDS = 300
 
 
 class PaymentProviderError(Exception):
-    """Stripe could not be asked, or said no: the caller must undo what it prepared."""
+    """Stripe could not be asked, or said no: the caller must undo what it prepared.
+
+    `uncertain` is true when the request may still have been carried out at Stripe (a timeout,
+    a dropped connection, a server error), as opposed to a refusal.
+    """
+
+    def __init__(self, message: str, *, uncertain: bool = False) -> None:
+        super().__init__(message)
+        self.uncertain = uncertain
 
 
 class BadWebhook(Exception):
@@ -143,6 +151,7 @@ class StripeGateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._client: stripe.StripeClient | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._http = stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds)
         if settings.stripe_secret_key:
             base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
@@ -167,10 +176,11 @@ class StripeGateway:
                 return await call
         except stripe.StripeError as exc:
             log.warning("Stripe %s failed: %s", what, exc)
-            raise PaymentProviderError(f"Stripe {what} failed") from exc
+            uncertain = isinstance(exc, stripe.APIConnectionError | stripe.APIError)
+            raise PaymentProviderError(f"Stripe {what} failed", uncertain=uncertain) from exc
         except TimeoutError as exc:
             log.warning("Stripe %s timed out", what)
-            raise PaymentProviderError(f"Stripe {what} timed out") from exc
+            raise PaymentProviderError(f"Stripe {what} timed out", uncertain=True) from exc
 
     async def create_checkout_session(self, request: CheckoutSessionRequest) -> CheckoutSession:
         params: dict[str, Any] = {
@@ -209,6 +219,29 @@ class StripeGateway:
         )
         return session_from_stripe(session)
 
+    def expire_late_session(self, request: CheckoutSessionRequest) -> None:
+        """After a create whose outcome is unknown, make sure no session is left payable.
+
+        Repeating the create with the same idempotency key answers with the session Stripe
+        made, if it made one (or makes it now); that session is then expired. Runs in the
+        background with backoff, since Stripe was just failing.
+        """
+        task = asyncio.create_task(self._expire_late_session(request))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _expire_late_session(self, request: CheckoutSessionRequest) -> None:
+        for attempt in range(8):
+            try:
+                session = await self.create_checkout_session(request)
+                if session.status == "open":
+                    await self.expire_checkout_session(session.id)
+                log.info("expired late session %s of order %s", session.id, request.order_id)
+                return
+            except PaymentProviderError:
+                await asyncio.sleep(min(2**attempt, 60))
+        log.error("could not expire a late session of order %s", request.order_id)
+
     async def retrieve_checkout_session(self, session_id: str) -> CheckoutSession:
         session = await self._call(
             "checkout session retrieve",
@@ -240,4 +273,7 @@ class StripeGateway:
         return Refund(id=refund["id"], amount=refund["amount"], status=refund["status"])
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self._http.close_async()

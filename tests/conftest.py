@@ -90,9 +90,12 @@ async def database_url() -> AsyncIterator[str]:
     admin = await asyncpg.connect(PG_ADMIN_DSN)
     await admin.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    await admin.close()
     try:
         yield f"{base}/{name}"
     finally:
+        # A fresh connection: a test may have restarted the server since.
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
 
@@ -100,6 +103,15 @@ async def database_url() -> AsyncIterator[str]:
 @dataclass
 class Mailbox:
     messages: list[EmailMessage] = field(default_factory=list)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        """Addresses at bounce.test do not exist: a permanent refusal, as a real server gives."""
+        if address.endswith("@bounce.test"):
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = message_from_bytes(envelope.content, policy=email.policy.default)

@@ -184,7 +184,7 @@ async def test_stripe_failure_leaves_stock_cart_and_orders_as_before(
         app.emulator.inject_fault("error500", count=5)
         payload = await checkout(app, token)
     elif fault == "timeout":
-        app.emulator.inject_fault("delay", count=5, delay=5.0)
+        app.emulator.inject_fault("delay", count=1, delay=3.0)
         payload = await checkout(app, token)
     else:
         nowhere = replace(app.settings, stripe_api_base=f"http://127.0.0.1:{free_port()}")
@@ -208,6 +208,23 @@ async def test_stripe_failure_leaves_stock_cart_and_orders_as_before(
     changes = await OrderStatusChange.filter(order_id=orders[0].id).order_by("id")
     assert [c.status.value for c in changes] == ["pending_payment", "cancelled"]
     assert "payment provider" in (changes[1].reason or "")
+    if fault == "timeout":
+        # Stripe made the session after we gave up on it: it must not stay payable.
+        order_id = str(orders[0].id)
+        sessions = await _sessions_settled(app, order_id)
+        assert sessions and all(s["status"] == "expired" for s in sessions)
+
+
+async def _sessions_settled(app: Harness, order_id: str, timeout: float = 15) -> list[dict]:  # type: ignore[type-arg]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        sessions = [
+            s for s in app.emulator.sessions.values() if s["metadata"].get("order_id") == order_id
+        ]
+        settled = sessions and all(s["status"] != "open" for s in sessions)
+        if settled or asyncio.get_running_loop().time() > deadline:
+            return sessions
+        await asyncio.sleep(0.1)
 
 
 @postgres_only
