@@ -24,10 +24,10 @@ from ordergraph.models import (
     OrderStatus,
     OrderStatusChange,
     PaymentStatus,
-    Product,
 )
 from ordergraph.order_state import change_order, lock_order
 from ordergraph.settings import Settings
+from ordergraph.sql import fetch
 from ordergraph.stripe_gateway import (
     CheckoutSessionRequest,
     PaymentProviderError,
@@ -59,13 +59,17 @@ def checkout_ttl(settings: Settings) -> timedelta:
 
 async def place_order(user_id: str, settings: Settings) -> tuple[Order, list[OrderItem]]:
     """Turn the cart into a PENDING_PAYMENT order holding its stock, in one transaction."""
-    async with transaction():
-        # Locking the cart rows makes a second, concurrent checkout of the same cart wait,
-        # then find it empty.
-        cart = await CartItem.filter(user_id=user_id).select_for_update().order_by("product_id")
+    async with transaction() as connection:
+        # Claiming the cart by deleting it: a second, concurrent checkout of the same cart
+        # waits for these rows, then finds none. A rollback puts them back.
+        cart = await fetch(
+            connection,
+            "DELETE FROM cart_items WHERE user_id = ? RETURNING product_id, quantity",
+            user_id,
+        )
         if not cart:
             raise BusinessError.of(ErrorCode.CART_EMPTY, "Your cart is empty")
-        quantities = {str(item.product_id): item.quantity for item in cart}
+        quantities = {str(row["product_id"]): row["quantity"] for row in cart}
         bad = [pid for pid, qty in quantities.items() if qty < 1]
         if bad:
             raise BusinessError(
@@ -74,10 +78,7 @@ async def place_order(user_id: str, settings: Settings) -> tuple[Order, list[Ord
                     for p in bad
                 )
             )
-        await reserve_stock(quantities.items())
-        products = {
-            str(p.id): p for p in await Product.filter(id__in=list(quantities)).order_by("id")
-        }
+        products = await reserve_stock(quantities.items())
         total = sum(products[pid].price * qty for pid, qty in quantities.items())
         now = datetime.now(UTC)
         order = await Order.create(
@@ -106,7 +107,6 @@ async def place_order(user_id: str, settings: Settings) -> tuple[Order, list[Ord
             reason="checkout",
             actor=f"user:{user_id}",
         )
-        await CartItem.filter(user_id=user_id).delete()
     return order, items
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from tortoise import Tortoise
 from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.connection import get_connections
 from tortoise.transactions import in_transaction
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ async def apply_migrations(database_url: str) -> None:
 
 def is_postgres(connection: BaseDBAsyncClient) -> bool:
     return connection.capabilities.dialect == "postgres"
+
+
+def get_connection() -> BaseDBAsyncClient:
+    """The connection ORM queries use right now: the transaction's, inside `transaction()`."""
+    return get_connections().get("default")
 
 
 AfterCommit = Callable[[], Awaitable[None]]

@@ -8,26 +8,46 @@ Rows are touched in product-id order so that two checkouts never wait on each ot
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from tortoise.expressions import F
 
+from ordergraph.db import get_connection
 from ordergraph.errors import BusinessError, ErrorCode, Problem
 from ordergraph.models import Product
+from ordergraph.sql import fetch
 
 
-async def reserve_stock(lines: Iterable[tuple[str, int]]) -> None:
+@dataclass(frozen=True)
+class Reserved:
+    name: str
+    price: int
+
+
+async def reserve_stock(lines: Iterable[tuple[str, int]]) -> dict[str, Reserved]:
     """Take `quantity` units of each product, or raise OUT_OF_STOCK naming every short line.
 
-    Must run inside a transaction: on a short line the caller's rollback returns what the
-    earlier lines took.
+    Answers each product's name and price as they were when its row was locked, so the order
+    is priced from the database without reading the products again. Must run inside a
+    transaction: on a short line the caller's rollback returns what the earlier lines took.
     """
     short: list[Problem] = []
+    reserved: dict[str, Reserved] = {}
+    connection = get_connection()
     for product_id, quantity in sorted(lines):
-        taken = await Product.filter(id=product_id, active=True, stock__gte=quantity).update(
-            stock=F("stock") - quantity
+        rows = await fetch(
+            connection,
+            "UPDATE products SET stock = stock - ? WHERE id = ? AND active AND stock >= ? "
+            "RETURNING name, price",
+            quantity,
+            uuid.UUID(product_id),
+            quantity,
         )
-        if taken == 0:
+        if rows:
+            reserved[product_id] = Reserved(rows[0]["name"], rows[0]["price"])
+        else:
             product = await Product.filter(id=product_id).only("name", "stock", "active").first()
             available = product.stock if product is not None and product.active else 0
             name = product.name if product is not None else product_id
@@ -42,6 +62,7 @@ async def reserve_stock(lines: Iterable[tuple[str, int]]) -> None:
             )
     if short:
         raise BusinessError(*short)
+    return reserved
 
 
 async def release_stock(lines: Iterable[tuple[str, int]]) -> None:

@@ -1,0 +1,28 @@
+"""Raw SQL for the few statements the ORM cannot say in one round trip (`RETURNING`).
+
+Queries are written with `?` placeholders and the values PostgreSQL and SQLite both accept;
+`fetch` numbers the placeholders for asyncpg.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import uuid
+from typing import Any
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def _for(connection: BaseDBAsyncClient, query: str, values: list[Any]) -> tuple[str, list[Any]]:
+    if connection.capabilities.dialect != "postgres":
+        return query, [str(v) if isinstance(v, uuid.UUID) else v for v in values]
+    numbers = itertools.count(1)
+    return _PLACEHOLDER.sub(lambda _: f"${next(numbers)}", query), values
+
+
+async def fetch(connection: BaseDBAsyncClient, query: str, *values: Any) -> list[dict[str, Any]]:
+    text, params = _for(connection, query, list(values))
+    return await connection.execute_query_dict(text, params)
