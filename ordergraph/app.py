@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from ordergraph.schema import build_schema
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import StripeGateway
 from ordergraph.webhooks import stripe_webhook
+from ordergraph.ws_protocols import LegacyWSHandler, TransportWSHandler
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,19 @@ KEEP_ALIVE_SECONDS = 15.0
 
 
 class GraphQLApp(GraphQL[Context, None]):
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Only a JSON object (or a batch) is a GraphQL request; anything else is a 400."""
+        try:
+            value = json.loads(data)
+        except UnicodeDecodeError as exc:
+            raise json.JSONDecodeError("body is not UTF-8", str(exc), 0) from None
+        if not isinstance(value, dict | list):
+            raise json.JSONDecodeError("body is not a JSON object", str(data)[:40], 0)
+        return value
+
     def __init__(self, settings: Settings) -> None:
         super().__init__(
             build_schema(debug=settings.debug),

@@ -32,6 +32,9 @@ def _validate(draft: ProductDraft) -> None:
         problems.append(("price", f"Price must be between 0 and {MAX_PRICE} minor units"))
     if not 0 <= draft.stock <= MAX_STOCK:
         problems.append(("stock", f"Stock must be between 0 and {MAX_STOCK}"))
+    for name in ("sku", "name", "description"):
+        if "\x00" in getattr(draft, name):
+            problems.append((name, "Text cannot contain NUL characters"))
     if problems:
         raise BusinessError(
             *(Problem(ErrorCode.INVALID_INPUT, msg, field=("input", f)) for f, msg in problems)

@@ -35,6 +35,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     settings = _settings()
+    if args.workers > 1 and settings.events_url.startswith("memory:"):
+        print(
+            "ordergraph: warning: with EVENTS_URL=memory:// a subscriber hears only of changes "
+            "made by its own worker; set EVENTS_URL to postgres://... or redis://...",
+            file=sys.stderr,
+        )
     _migrate(settings.database_url)
     uvicorn.run(
         "ordergraph.app:create_app_from_env",

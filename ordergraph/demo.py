@@ -100,7 +100,9 @@ async def run_demo(host: str, port: int) -> None:
         webhook_secret=settings.stripe_webhook_secret,
     )
     servers = [
-        uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port)),
+        uvicorn.Server(
+            uvicorn.Config(create_app(settings), host=host, port=port, ws_per_message_deflate=False)
+        ),
         uvicorn.Server(
             uvicorn.Config(emulator.app, host="127.0.0.1", port=EMULATOR_PORT, log_level="warning")
         ),

@@ -18,9 +18,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ordergraph.db import after_commit
@@ -62,15 +63,11 @@ class Hint:
     received: float
 
 
-class SlowSubscriber(Exception):
-    """The subscriber did not keep up and was dropped rather than buffer without bound."""
-
-
 class Subscription:
     """One subscriber's hints for one order, in a bounded queue.
 
     When the queue is full the subscriber is too slow: it is marked `overflowed`, gets no more
-    hints, and `on_overflow` (e.g. closing its socket) is called once.
+    hints, `on_overflow` (e.g. closing its socket) is called once, and its iteration ends.
     """
 
     def __init__(self, order_id: str, on_overflow: Callable[[], None] | None = None) -> None:
@@ -92,7 +89,7 @@ class Subscription:
 
     async def __anext__(self) -> Hint:
         if self.overflowed:
-            raise SlowSubscriber(self.order_id)
+            raise StopAsyncIteration
         return await self.queue.get()
 
     def __aiter__(self) -> Subscription:
@@ -145,12 +142,22 @@ class EventTransport:
 
     def __init__(self) -> None:
         self.fanout = Fanout()
+        self._listener: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the backend connection; until `stop`, keep it open."""
 
     async def stop(self) -> None:
-        """Close the backend connection."""
+        """Stop listening; a transport then closes its connections."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with suppress(asyncio.CancelledError):
+                await listener
+
+    def listen_in_background(self, listen: Coroutine[Any, Any, None]) -> None:
+        """Run the loop that keeps the backend connection (and reconnects it) until `stop`."""
+        self._listener = asyncio.create_task(listen, name=f"ordergraph-events-{self.name}")
 
     async def announce(self, event: OrderEvent) -> None:
         """Called inside the transaction that changes the order: deliver at commit, never on a

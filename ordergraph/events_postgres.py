@@ -38,10 +38,9 @@ class PostgresTransport(EventTransport):
     def __init__(self, url: str) -> None:
         super().__init__()
         self.dsn, self.channel = split_channel(url, DEFAULT_CHANNEL)
-        self._listener: asyncpg.Connection | None = None
+        self._connection: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
         self._lock = asyncio.Lock()  # one query at a time on the listener connection
-        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         database = get_connection("default")
@@ -51,8 +50,8 @@ class PostgresTransport(EventTransport):
                 "is sent by the transaction that changes the order"
             )
         await self._connect()
-        assert self._listener is not None
-        ours = await self._listener.fetchval("SELECT current_database()")
+        assert self._connection is not None
+        ours = await self._connection.fetchval("SELECT current_database()")
         _, rows = await database.execute_query("SELECT current_database() AS name")
         if rows[0]["name"] != ours:
             await self.stop()
@@ -60,15 +59,11 @@ class PostgresTransport(EventTransport):
                 f"EVENTS_URL names database {ours!r} but DATABASE_URL is {rows[0]['name']!r}: "
                 "LISTEN must be on the database whose transactions send the notifications"
             )
-        self._watcher = asyncio.create_task(self._watch(), name="ordergraph-events-postgres")
+        self.listen_in_background(self._watch())
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
-        await self._close_listener()
+        await super().stop()
+        await self._close_connection()
 
     async def announce(self, event: OrderEvent) -> None:
         """Inside a transaction the ORM's connection is the transaction's, so PostgreSQL holds
@@ -81,7 +76,7 @@ class PostgresTransport(EventTransport):
         )
 
     async def ping(self) -> bool:
-        listener = self._listener
+        listener = self._connection
         if listener is None or self._lost.is_set() or listener.is_closed():
             return False
         try:
@@ -104,10 +99,10 @@ class PostgresTransport(EventTransport):
             raise
         listener.add_termination_listener(self._on_termination)
         self._lost.clear()
-        self._listener = listener
+        self._connection = listener
 
-    async def _close_listener(self) -> None:
-        listener, self._listener = self._listener, None
+    async def _close_connection(self) -> None:
+        listener, self._connection = self._connection, None
         if listener is not None and not listener.is_closed():
             try:
                 await asyncio.wait_for(listener.close(), TIMEOUT_SECONDS)
@@ -122,7 +117,7 @@ class PostgresTransport(EventTransport):
         self.fanout.deliver(event)
 
     def _on_termination(self, connection: Any) -> None:
-        if connection is self._listener:
+        if connection is self._connection:
             self._lost.set()
 
     async def _watch(self) -> None:
@@ -133,7 +128,7 @@ class PostgresTransport(EventTransport):
             if not self._lost.is_set() and await self.ping():
                 continue
             log.warning("lost the PostgreSQL listener for order events; reconnecting")
-            await self._close_listener()
+            await self._close_connection()
             await self._reconnect()
             self.fanout.deliver_all()
 

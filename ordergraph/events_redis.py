@@ -43,9 +43,8 @@ class RedisTransport(EventTransport):
         # The name lets an operator (or a test) find this process's listener in CLIENT LIST.
         self.client_name = f"ordergraph-events:{self.channel}"
         self._publisher: Redis | None = None
-        self._listener: Redis | None = None
+        self._subscriber: Redis | None = None
         self._subscribed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start listening; a Redis that is not up yet is waited for in the background, and
@@ -56,25 +55,21 @@ class RedisTransport(EventTransport):
             socket_timeout=TIMEOUT_SECONDS,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
         )
-        self._listener = Redis.from_url(
+        self._subscriber = Redis.from_url(
             self.url,
             socket_connect_timeout=TIMEOUT_SECONDS,
             retry=Retry(NoBackoff(), retries=0),
             client_name=self.client_name,
         )
-        self._task = asyncio.create_task(self._listen(), name="ordergraph-events-redis")
+        self.listen_in_background(self._listen())
         try:
             await asyncio.wait_for(self._subscribed.wait(), FIRST_CONNECT_SECONDS)
         except TimeoutError:
             log.warning("Redis is not answering yet; order events will follow once it does")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        for client in (self._publisher, self._listener):
+        await super().stop()
+        for client in (self._publisher, self._subscriber):
             if client is not None:
                 await client.aclose()
 
@@ -91,10 +86,10 @@ class RedisTransport(EventTransport):
             return False
 
     async def _listen(self) -> None:
-        assert self._listener is not None
+        assert self._subscriber is not None
         delays = reconnect_delays()
         while True:
-            pubsub = self._listener.pubsub()
+            pubsub = self._subscriber.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 await self._read(pubsub)

@@ -53,13 +53,13 @@ async def mark_shipped(
 ) -> Order:
     tracking_number = tracking_number.strip()
     carrier = (carrier or "").strip() or None
-    if not 1 <= len(tracking_number) <= 128:
+    if not 1 <= len(tracking_number) <= 128 or "\x00" in tracking_number:
         raise BusinessError.of(
             ErrorCode.INVALID_INPUT,
             "The tracking number must be 1 to 128 characters",
             field=("trackingNumber",),
         )
-    if carrier is not None and len(carrier) > 64:
+    if carrier is not None and (len(carrier) > 64 or "\x00" in carrier):
         raise BusinessError.of(
             ErrorCode.INVALID_INPUT, "The carrier must be at most 64 characters", field=("carrier",)
         )

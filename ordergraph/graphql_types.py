@@ -27,7 +27,7 @@ def decode_cursor(cursor: str) -> str | None:
         value = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):
         return None
-    return value or None
+    return value if value and "\x00" not in value else None
 
 
 @strawberry.type

@@ -36,6 +36,7 @@ from ordergraph.order_state import can_transition, change_order, lock_order
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import (
     CheckoutSession,
+    MalformedStripeObject,
     PaymentProviderError,
     StripeGateway,
     session_from_stripe,
@@ -286,8 +287,11 @@ async def _order_of_payment(obj: dict[str, Any]) -> Order:
     order = None
     if isinstance(payment_intent, str):
         order = await Order.filter(stripe_payment_intent_id=payment_intent).first()
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise MalformedStripeObject("metadata is not an object")
     if order is None:
-        order_id = _uuid_or_none((obj.get("metadata") or {}).get("order_id"))
+        order_id = _uuid_or_none(metadata.get("order_id"))
         if order_id is None:
             raise _Discard(Outcome.IGNORED)
         order = await Order.filter(id=order_id).first()
@@ -335,8 +339,11 @@ async def apply_refund(order: Order, amount_refunded: int, *, actor: str) -> Out
 async def _on_charge_refunded(
     obj: dict[str, Any], actor: str, services: PaymentServices
 ) -> Outcome:
+    amount_refunded = obj.get("amount_refunded")
+    if not isinstance(amount_refunded, int) or amount_refunded < 0:
+        raise MalformedStripeObject("amount_refunded is not a whole number")
     order = await _order_of_payment(obj)
-    return await apply_refund(order, int(obj.get("amount_refunded") or 0), actor=actor)
+    return await apply_refund(order, amount_refunded, actor=actor)
 
 
 async def _on_dispute_created(

@@ -6,9 +6,10 @@ use a staff-only query) gets a GraphQL error whose `extensions.code` says so.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import strawberry
@@ -164,10 +165,11 @@ async def _order_page(
         stamp, _, last_id = decoded.partition("|")
         try:
             created = datetime.fromisoformat(stamp)
-        except ValueError:
+            if created.tzinfo is None or _uuid(last_id) is None:
+                raise ValueError(after)
+            created = created.astimezone(UTC)
+        except (ValueError, OverflowError):
             raise _error(ErrorCode.INVALID_INPUT, "after is not a cursor from this API") from None
-        if _uuid(last_id) is None:
-            raise _error(ErrorCode.INVALID_INPUT, "after is not a cursor from this API")
         query = query.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=last_id))
     rows = await query.order_by("-created_at", "-id").limit(size + 1)
     edges = [OrderEdge(cursor=_order_cursor(r), node=Order.from_model(r)) for r in rows[:size]]
@@ -370,7 +372,7 @@ async def retry_email(info: Info, id: strawberry.ID) -> EmailPayload:
     identity = await require_user(info)
     if not identity.is_staff:
         return EmailPayload(user_errors=_forbidden())
-    row = await mail.retry_dead(int(id)) if str(id).isdigit() else None
+    row = await mail.retry_dead(int(id)) if re.fullmatch(r"[0-9]{1,9}", str(id)) else None
     if row is None:
         return EmailPayload(
             user_errors=[

@@ -40,6 +40,10 @@ class BadWebhook(Exception):
     """A webhook whose signature or body cannot be trusted."""
 
 
+class MalformedStripeObject(ValueError):
+    """A Stripe object without the shape Stripe documents: retrying cannot help."""
+
+
 @dataclass(frozen=True)
 class SessionLine:
     name: str
@@ -102,23 +106,36 @@ def shipping_address_of(session: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _typed(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = data.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise MalformedStripeObject(f"{key} is {type(value).__name__}")
+    return value
+
+
 def session_from_stripe(obj: Mapping[str, Any]) -> CheckoutSession:
-    data = obj.to_dict() if isinstance(obj, stripe.StripeObject) else dict(obj)
-    payment_intent = data.get("payment_intent")
+    data = obj.to_dict() if isinstance(obj, stripe.StripeObject) else obj
+    if not isinstance(data, Mapping) or not isinstance(data.get("id"), str):
+        raise MalformedStripeObject("a checkout session needs a string id")
+    payment_intent = _typed(data, "payment_intent", (str, Mapping))
     if isinstance(payment_intent, Mapping):
-        payment_intent = payment_intent.get("id")
-    metadata = data.get("metadata") or {}
+        payment_intent = _typed(payment_intent, "id", str)
+    metadata = _typed(data, "metadata", Mapping) or {}
+    amount_total = _typed(data, "amount_total", int)
+    currency = _typed(data, "currency", str)
+    customer = _typed(data, "customer_details", Mapping)
     return CheckoutSession(
-        id=str(data["id"]),
-        status=data.get("status"),
-        payment_status=data.get("payment_status"),
-        amount_total=data.get("amount_total"),
-        currency=(data.get("currency") or "").upper() or None,
-        client_secret=data.get("client_secret"),
+        id=data["id"],
+        status=_typed(data, "status", str),
+        payment_status=_typed(data, "payment_status", str),
+        amount_total=amount_total,
+        currency=currency.upper() if currency else None,
+        client_secret=_typed(data, "client_secret", str),
         metadata={str(k): str(v) for k, v in metadata.items()},
         payment_intent_id=payment_intent,
         shipping_address=shipping_address_of(data),
-        customer_email=_get(data.get("customer_details"), "email") or data.get("customer_email"),
+        customer_email=(customer and _typed(customer, "email", str))
+        or _typed(data, "customer_email", str),
     )
 
 

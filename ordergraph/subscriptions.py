@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import strawberry
-from graphql import GraphQLError
+from graphql import ExecutionResult, GraphQLError
 from starlette.websockets import WebSocket
+from strawberry.extensions import SchemaExtension
 from strawberry.types import Info
+from strawberry.types.graphql import OperationType
 from tortoise.transactions import in_transaction
 
 from ordergraph import events, resolvers
@@ -91,15 +93,18 @@ reads = OrderReads()
 async def order_status_changed(info: Info, order_id: strawberry.ID) -> AsyncIterator[Order]:
     """Checked before the stream starts, so that refusal is the operation's error: only the
     owner or staff may follow an order, and anyone else is told it does not exist."""
+    context: Context = info.context
+    if not isinstance(context.request, WebSocket):
+        raise _websocket_only()
     order = await resolvers.order(info, order_id)
     if order is None:
         raise GraphQLError("No such order", extensions={"code": ErrorCode.NOT_FOUND.value})
-    return follow(info.context, str(order.id))
+    return follow(context, context.request, str(order.id))
 
 
-async def follow(context: Context, order_id: str) -> AsyncIterator[Order]:
+async def follow(context: Context, websocket: WebSocket, order_id: str) -> AsyncIterator[Order]:
     transport = events.current_transport()
-    async with transport.subscribe(order_id, _dropper(context.request)) as hints:
+    async with transport.subscribe(order_id, lambda: _drop(websocket)) as hints:
         # Subscribed before the first read: a change committed after it arrives as a hint.
         since = time.monotonic()
         last_sent = 0
@@ -111,29 +116,49 @@ async def follow(context: Context, order_id: str) -> AsyncIterator[Order]:
                 last_sent = snapshot.order.version
                 context.loaders = snapshot.loaders
                 yield Order.from_model(snapshot.order)
-            async for hint in hints:
-                version = hint.event.version
-                if version == events.CATCH_UP or version > last_sent:
-                    since = hint.received
-                    break
+            hint = await _news(hints, last_sent)
+            if hint is None:
+                return  # dropped for reading too slowly: its socket is being closed
+            since = hint.received
+
+
+async def _news(hints: events.Subscription, last_sent: int) -> events.Hint | None:
+    """The next hint of a change newer than the last message, or None once there are none."""
+    async for hint in hints:
+        if hint.event.version == events.CATCH_UP or hint.event.version > last_sent:
+            return hint
+    return None
+
+
+def _websocket_only() -> GraphQLError:
+    return GraphQLError(
+        "Subscriptions are served over WebSocket at /graphql (graphql-transport-ws or graphql-ws)",
+        extensions={"code": ErrorCode.INVALID_INPUT.value},
+    )
+
+
+class WebSocketOnly(SchemaExtension):
+    """A subscription POSTed as a plain request gets a clear error. (GraphQL would otherwise
+    run it as a query: `null` for a non-null field. Streamed over HTTP, the resolver's own
+    check answers.)"""
+
+    def on_execute(self) -> Iterator[None]:
+        execution = self.execution_context
+        if execution.operation_type is OperationType.SUBSCRIPTION and not isinstance(
+            execution.context.request, WebSocket
+        ):
+            execution.result = ExecutionResult(data=None, errors=[_websocket_only()])
+        yield
 
 
 _closing: set[asyncio.Task[None]] = set()
 
 
-def _dropper(request: object) -> Callable[[], None] | None:
-    """What to do with a subscriber that cannot keep up: close its socket rather than queue
-    for it. (Its stream also ends at its next read: `Subscription` raises `SlowSubscriber`.)"""
-    if not isinstance(request, WebSocket):
-        return None
-    websocket = request
-
-    def drop() -> None:
-        task = asyncio.get_running_loop().create_task(_close(websocket))
-        _closing.add(task)
-        task.add_done_callback(_closing.discard)
-
-    return drop
+def _drop(websocket: WebSocket) -> None:
+    """A subscriber that cannot keep up: close its socket rather than queue for it."""
+    task = asyncio.get_running_loop().create_task(_close(websocket))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 async def _close(websocket: WebSocket) -> None:

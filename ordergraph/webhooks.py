@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from ordergraph.payments import RetryLater, apply_stripe_event
 from ordergraph.settings import Settings
-from ordergraph.stripe_gateway import BadWebhook, parse_webhook
+from ordergraph.stripe_gateway import BadWebhook, MalformedStripeObject, parse_webhook
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ async def stripe_webhook(request: Request) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=400)
     try:
         outcome = await apply_stripe_event(event, request.app.state.services)
+    except MalformedStripeObject as exc:
+        log.warning("refused Stripe event %s (%s): %s", event["id"], event["type"], exc)
+        return JSONResponse({"error": f"malformed event: {exc}"}, status_code=400)
     except RetryLater as exc:
         log.info("stripe event %s (%s) must wait: %s", event["id"], event["type"], exc)
         return JSONResponse({"error": "not yet applicable; retry later"}, status_code=503)

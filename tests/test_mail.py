@@ -33,6 +33,10 @@ async def test_smtp_down_does_not_undo_confirmation_and_mail_follows(
         smtp.start()
     messages = await mailbox.wait_for(1, timeout=15)
     assert [m["To"] for m in messages] == ["alice@example.com"]
-    row = await OutboxEmail.get(order_id=order.id)
+    for _ in range(100):  # the sender records the acceptance just after the server gave it
+        row = await OutboxEmail.get(order_id=order.id)
+        if row.status.value == "sent":
+            break
+        await asyncio.sleep(0.05)
     assert row.status.value == "sent" and row.sent_at is not None
     assert len(await mailbox.wait_for(2, timeout=1)) == 1

@@ -1,10 +1,9 @@
-"""The Stripe webhook: signed `checkout.session.completed` confirms the order once, sends one
-receipt, and anything forged, tampered or mismatched changes nothing."""
+"""The Stripe webhook: signed `checkout.session.completed` confirms the order once and sends one
+receipt; repeats change nothing. (Every refused input is in test_webhook_input.py.)"""
 
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from ordergraph.models import (
@@ -142,103 +141,3 @@ async def test_new_event_for_an_already_confirmed_order_changes_nothing(
     assert after[:-2] == before[:-2]  # only the new event id is recorded
     assert after[-1] == before[-1]
     assert len(await mailbox.wait_for(2, timeout=1.0)) == 1
-
-
-async def _refused(app: Harness, order_id: str, *, status: int, **deliver: Any) -> None:
-    before = await _snapshot(order_id)
-    event = app.emulator.build_event(
-        "checkout.session.completed", _paid_session(app, await _session_id(order_id))
-    )
-    payload = deliver.pop("payload", None) or json.dumps(event)
-    headers = app.emulator.signed_headers(json.dumps(event), **deliver)
-    response = await app.http.post(
-        f"{app.url}/webhooks/stripe",
-        content=payload,
-        headers={**headers, "Content-Type": "application/json"},
-    )
-    assert response.status_code == status, response.text
-    assert await _snapshot(order_id) == before
-
-
-def _paid_session(app: Harness, session_id: str) -> dict[str, Any]:
-    session = dict(app.emulator.sessions[session_id])
-    session.update(status="complete", payment_status="paid", payment_intent="pi_forged")
-    return session
-
-
-async def test_bad_signature_is_refused(app: Harness, mailbox: Mailbox) -> None:
-    _, payload = await _pending_order(app)
-    await _refused(app, payload["orderId"], status=400, secret="whsec_wrong")
-    assert mailbox.messages == []
-
-
-async def test_tampered_body_is_refused(app: Harness) -> None:
-    _, payload = await _pending_order(app)
-    order_id = payload["orderId"]
-    session = _paid_session(app, await _session_id(order_id))
-    tampered = app.emulator.build_event("checkout.session.completed", session)
-    tampered["data"]["object"]["amount_total"] = 1
-    await _refused(app, order_id, status=400, payload=json.dumps(tampered))
-
-
-async def test_stale_and_missing_signatures_are_refused(app: Harness) -> None:
-    _, payload = await _pending_order(app)
-    order_id = payload["orderId"]
-    await _refused(app, order_id, status=400, timestamp=int(time.time()) - 3600)
-    response = await app.http.post(f"{app.url}/webhooks/stripe", content=b"{}")
-    assert response.status_code == 400
-    response = await app.http.post(
-        f"{app.url}/webhooks/stripe",
-        content=b"not json",
-        headers=app.emulator.signed_headers("not json"),
-    )
-    assert response.status_code == 400
-
-
-async def test_wrong_user_is_refused_as_a_security_event(app: Harness, mailbox: Mailbox) -> None:
-    _, payload = await _pending_order(app)
-    order_id = payload["orderId"]
-    before = await _snapshot(order_id)
-    delivery = await app.emulator.complete_session(
-        await _session_id(order_id), metadata={"user_id": "mallory"}
-    )
-    assert delivery.status_code == 200
-    assert json.loads(delivery.body)["outcome"] == "rejected"
-    assert await _snapshot(order_id) == before
-    assert len(await mailbox.wait_for(1, timeout=0.5)) == 0
-
-
-async def test_wrong_amount_is_refused(app: Harness, mailbox: Mailbox) -> None:
-    _, payload = await _pending_order(app)
-    order_id = payload["orderId"]
-    before = await _snapshot(order_id)
-    delivery = await app.emulator.complete_session(await _session_id(order_id), amount_total=1)
-    assert delivery.status_code == 200
-    assert json.loads(delivery.body)["outcome"] == "rejected"
-    assert await _snapshot(order_id) == before
-    assert len(await mailbox.wait_for(1, timeout=0.5)) == 0
-
-
-async def test_missing_metadata_or_unknown_order_is_acknowledged_and_ignored(
-    app: Harness,
-) -> None:
-    _, payload = await _pending_order(app)
-    order_id = payload["orderId"]
-    before = await _snapshot(order_id)
-    session = _paid_session(app, await _session_id(order_id))
-    for metadata in ({}, {"order_id": "00000000-0000-4000-8000-000000000000", "user_id": "alice"}):
-        event = app.emulator.build_event(
-            "checkout.session.completed", {**session, "metadata": metadata}
-        )
-        delivery = await app.emulator.deliver(event)
-        assert delivery.status_code == 200
-        assert json.loads(delivery.body)["outcome"] == "ignored"
-    assert await _snapshot(order_id) == before
-
-
-async def test_unknown_event_type_is_acknowledged(app: Harness) -> None:
-    event = app.emulator.build_event("customer.created", {"id": "cus_1", "object": "customer"})
-    delivery = await app.emulator.deliver(event)
-    assert delivery.status_code == 200
-    assert json.loads(delivery.body)["outcome"] == "ignored"
-    assert await ProcessedStripeEvent.all().count() == 0

@@ -1,0 +1,125 @@
+"""What the refusal and fuzz tests compare: the whole stored state of the shop, and the
+constraints that must hold whatever a client sent."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from ordergraph.models import (
+    CartItem,
+    Order,
+    OrderItem,
+    OrderStatusChange,
+    OutboxEmail,
+    OutboxStatus,
+    PaymentTracker,
+    ProcessedStripeEvent,
+    Product,
+    User,
+)
+from ordergraph.stripe_emulator import StripeEmulator
+
+
+async def snapshot(emulator: StripeEmulator | None = None) -> dict[str, Any]:
+    """Every row a request could change (users apart: see `user_ids`), in a comparable form,
+    plus the number of calls the service made to Stripe."""
+    state: dict[str, Any] = {
+        "orders": sorted(
+            (
+                str(o.id),
+                o.user_id,
+                o.status.value,
+                o.payment_status.value,
+                o.version,
+                o.total,
+                o.amount_refunded,
+                o.is_locked,
+                str(o.paid_at),
+                o.carrier,
+                o.tracking_number,
+                o.stripe_checkout_session_id,
+                o.stripe_payment_intent_id,
+                str(o.shipping_address),
+            )
+            for o in await Order.all()
+        ),
+        "order_items": sorted(
+            (str(i.order_id), str(i.product_id), i.quantity, i.unit_price)
+            for i in await OrderItem.all()
+        ),
+        "history": sorted(
+            (str(c.order_id), c.id, c.status.value, c.payment_status.value, c.reason or "")
+            for c in await OrderStatusChange.all()
+        ),
+        "products": sorted(
+            (p.sku, str(p.id), p.name, p.description, p.price, p.stock, p.active)
+            for p in await Product.all()
+        ),
+        "carts": sorted((c.user_id, str(c.product_id), c.quantity) for c in await CartItem.all()),
+        "trackers": sorted(
+            (t.session_id, str(t.order_id), t.amount, t.status) for t in await PaymentTracker.all()
+        ),
+        "stripe_events": sorted(e.event_id for e in await ProcessedStripeEvent.all()),
+        "outbox": sorted(e.dedupe_key for e in await OutboxEmail.all()),
+        # Live mail changes state as the sender works; a dead one only when someone acts.
+        "dead_mail": sorted(
+            (e.dedupe_key, e.attempts) for e in await OutboxEmail.filter(status=OutboxStatus.DEAD)
+        ),
+    }
+    if emulator is not None:
+        state["stripe_calls"] = [(r.method, r.path) for r in emulator.requests]
+    return state
+
+
+def without_cart_of(state: dict[str, Any], user_id: str) -> dict[str, Any]:
+    """The state less one user's cart rows: what a request acting on that cart may change."""
+    return {**state, "carts": [row for row in state["carts"] if row[0] != user_id]}
+
+
+async def user_ids() -> set[str]:
+    return {u.id for u in await User.all()}
+
+
+async def constraint_violations() -> list[str]:
+    """What the stored data must never show, whatever clients sent: negative stock, empty cart
+    lines or order lines, an order whose total is not the sum of its lines, an order whose
+    history does not end where it is."""
+    problems: list[str] = []
+    for product in await Product.all():
+        if product.stock < 0:
+            problems.append(f"product {product.sku!r} has stock {product.stock}")
+        if product.price < 0:
+            problems.append(f"product {product.sku!r} has price {product.price}")
+    for line in await CartItem.all():
+        if line.quantity <= 0:
+            problems.append(f"cart line {line.id} of {line.user_id!r} has quantity {line.quantity}")
+    lines: dict[str, list[OrderItem]] = defaultdict(list)
+    for item in await OrderItem.all():
+        lines[str(item.order_id)].append(item)
+        if item.quantity <= 0:
+            problems.append(f"order item {item.id} has quantity {item.quantity}")
+    history: dict[str, list[OrderStatusChange]] = defaultdict(list)
+    for change in await OrderStatusChange.all().order_by("id"):
+        history[str(change.order_id)].append(change)
+    for order in await Order.all():
+        key = str(order.id)
+        total = sum(i.unit_price * i.quantity for i in lines[key])
+        if not lines[key]:
+            problems.append(f"order {key} has no lines")
+        if order.total != total:
+            problems.append(f"order {key} total {order.total} != sum of its lines {total}")
+        if order.amount_refunded < 0 or order.amount_refunded > order.total:
+            problems.append(f"order {key} refunded {order.amount_refunded} of {order.total}")
+        changes = history[key]
+        if not changes:
+            problems.append(f"order {key} has no history")
+        elif (changes[-1].status, changes[-1].payment_status) != (
+            order.status,
+            order.payment_status,
+        ):
+            problems.append(
+                f"order {key} is {order.status.value}/{order.payment_status.value} but its "
+                f"history ends at {changes[-1].status.value}/{changes[-1].payment_status.value}"
+            )
+    return problems
