@@ -135,6 +135,8 @@ class Order:
     paid_at: datetime | None
     expires_at: datetime | None
     version: strawberry.Private[int]
+    # Set on subscription messages: answers shared by everyone following this snapshot.
+    answers: strawberry.Private[dict[Any, Any] | None] = None
 
     @classmethod
     def from_model(cls, order: models.Order) -> Order:

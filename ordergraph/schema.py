@@ -147,7 +147,13 @@ def build_schema(*, debug: bool = False) -> strawberry.Schema:
         from strawberry.extensions import DisableIntrospection
 
         extensions.append(DisableIntrospection)
-    return Schema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)
+    return Schema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=extensions,
+        execution_context_class=subscriptions.SharedEventExecutor,
+    )
 
 
 def schema_sdl() -> str:

@@ -14,12 +14,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import strawberry
 from graphql import ExecutionResult, GraphQLError
+from graphql import OperationType as OperationKind
 from starlette.websockets import WebSocket
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types import Info
 from strawberry.types.graphql import OperationType
 from tortoise.transactions import in_transaction
@@ -40,6 +43,35 @@ SLOW_CLIENT_CLOSE_CODE = 1013
 class Snapshot:
     order: OrderModel
     loaders: Loaders
+    # Answers already computed from this snapshot, by question (see SharedEventExecutor).
+    answers: dict[tuple[int, str], Any] = field(default_factory=dict)
+
+
+class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
+    """Subscribers asking the same question about the same snapshot share one answer.
+
+    graphql-core runs a subscription's selection once per subscriber and event; for 10,000
+    people following one order that is 10,000 identical executions of the same fields. Here the
+    first subscriber to reach a snapshot computes the result and the others await it. Only
+    identical documents (one parse, thanks to the parser cache) with identical variables share,
+    and an order reads the same to everyone allowed to follow it.
+    """
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        answers = getattr(self.root_value, "answers", None)
+        if answers is None or self.operation.operation is not OperationKind.SUBSCRIPTION:
+            return super().execute_operation(serially)
+        key = (id(self.operation), repr(sorted(self.variable_values.coerced.items())))
+        answer = answers.get(key)
+        if answer is None:
+            result = super().execute_operation(serially)
+            if not self.is_awaitable(result):
+                answers[key] = result
+                return result
+            answer = answers[key] = asyncio.ensure_future(result)
+        if isinstance(answer, asyncio.Future):
+            return asyncio.shield(answer)
+        return answer
 
 
 class OrderReads:
@@ -115,7 +147,9 @@ async def follow(context: Context, websocket: WebSocket, order_id: str) -> Async
             if snapshot.order.version > last_sent:
                 last_sent = snapshot.order.version
                 context.loaders = snapshot.loaders
-                yield Order.from_model(snapshot.order)
+                message = Order.from_model(snapshot.order)
+                message.answers = snapshot.answers
+                yield message
             hint = await _news(hints, last_sent)
             if hint is None:
                 return  # dropped for reading too slowly: its socket is being closed
