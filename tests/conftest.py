@@ -16,6 +16,7 @@ import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -75,6 +76,22 @@ async def _postgres_available() -> str | None:
     return None
 
 
+@asynccontextmanager
+async def scratch_database(tag: str) -> AsyncIterator[str]:
+    """A PostgreSQL database of its own, dropped afterwards (over a fresh connection: a test may
+    have restarted the server meanwhile)."""
+    name = f"og_test_{tag}_{os.getpid()}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    try:
+        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 async def database_url() -> AsyncIterator[str]:
     if BACKEND == "sqlite":
@@ -86,18 +103,8 @@ async def database_url() -> AsyncIterator[str]:
         if IN_CI:
             pytest.fail(problem)
         pytest.skip(problem)
-    name = f"og_test_{os.getpid()}_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
-    await admin.close()
-    try:
-        yield f"{base}/{name}"
-    finally:
-        # A fresh connection: a test may have restarted the server since.
-        admin = await asyncpg.connect(PG_ADMIN_DSN)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database("run") as url:
+        yield url
 
 
 @dataclass
@@ -272,7 +279,7 @@ async def harness(
         yield Harness(url=url, settings=settings, emulator=emulator, http=http, asgi=asgi)
 
 
-async def _outbox_settled(timeout: float = 5.0) -> None:
+async def outbox_settled(timeout: float = 5.0) -> None:
     """Let the previous test's mail go out, so that it cannot land in the next test's mailbox."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -288,7 +295,7 @@ async def _outbox_settled(timeout: float = 5.0) -> None:
 async def reset_service(harness: Harness, smtp: SmtpServer) -> None:
     """Empty the database, the emulator and the mailbox under the running service."""
     await harness.emulator.drain()
-    await _outbox_settled()
+    await outbox_settled()
     connection = Tortoise.get_connection("default")
     if connection.capabilities.dialect == "postgres":
         await connection.execute_script(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from typing import Any
 
 from ordergraph.models import Product
@@ -68,3 +70,20 @@ async def checked_out_order(
     payload = await checkout(app, token)
     assert payload["userErrors"] == [], payload
     return payload
+
+
+async def run_ordergraph(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """The `ordergraph` command in a subprocess, without blocking this event loop (the emulator
+    that answers the command may be served by it)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ordergraph.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()

@@ -22,7 +22,6 @@ import asyncio
 import base64
 import json
 import threading
-import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from websockets.exceptions import ConnectionClosed
 
 from ordergraph.models import Order, OutboxEmail, OutboxStatus
 from ordergraph.schema import schema_sdl
-from tests.conftest import Harness
+from tests.conftest import Harness, outbox_settled
 from tests.dbstate import constraint_violations
 from tests.helpers import checked_out_order, make_product
 from tests.live import TRANSPORT_WS, RawSocket
@@ -218,20 +217,6 @@ async def _world(app: Harness) -> None:
     ID_POOL[:] = [str(p.id) for p in products] + orders + [str(dead.id)]
 
 
-async def _mail_settled(timeout: float = 60.0) -> None:
-    """Wait for the sender to work through the mail the run caused (hundreds of messages),
-    so that none of it reaches the mailbox of a later test."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        due = await OutboxEmail.filter(
-            status__in=[OutboxStatus.PENDING, OutboxStatus.SENDING],
-            next_attempt_at__lte=datetime.now(UTC),
-        ).count()
-        if not due:
-            return
-        await asyncio.sleep(0.1)
-
-
 async def _fuzz(app: Harness, strategy: st.SearchStrategy[str], examples: int) -> Sender:
     await _world(app)
     tokens = {"staff": app.token("fuzz-staff", staff=True), "shopper": app.token("fuzz-shopper")}
@@ -255,7 +240,7 @@ async def _fuzz(app: Harness, strategy: st.SearchStrategy[str], examples: int) -
         await asyncio.to_thread(run)
     finally:
         await app.emulator.drain()
-        await _mail_settled()
+        await outbox_settled(timeout=60)
     print(
         f"sent {sender.sent} operations ({dict(sender.by_role)}); "
         f"HTTP statuses {dict(sender.statuses)}"

@@ -4,17 +4,15 @@ the order row, its history and the mailbox."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ordergraph.expiry import sweep_overdue_orders
 from ordergraph.models import Order, OrderStatusChange, PaymentTracker, Product
 from tests.conftest import Harness, Mailbox
-from tests.helpers import ORDER_FIELDS, checked_out_order, make_product, stock_of
+from tests.helpers import ORDER_FIELDS, checked_out_order, make_product, run_ordergraph, stock_of
 
 MUTATION = (
     """mutation($id: ID!) { %s(orderId: $id) { order { %s } userErrors { code message field } } }"""
@@ -204,19 +202,9 @@ async def test_expire_pending_command(app: Harness) -> None:
         "STRIPE_SECRET_KEY": app.settings.stripe_secret_key or "",
         "STRIPE_API_BASE": app.settings.stripe_api_base or "",
     }
-    # Not subprocess.run: the emulator answering the command runs in this event loop.
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ordergraph.cli",
-        "expire-pending",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, stderr.decode()
-    assert "settled 1 overdue orders" in stdout.decode()
+    returncode, stdout, stderr = await run_ordergraph("expire-pending", env=env)
+    assert returncode == 0, stderr
+    assert "settled 1 overdue orders" in stdout
     assert (await _order(order_id)).status.value == "cancelled"
     assert app.emulator.sessions[session_id]["status"] == "expired"
     assert await stock_of(product) == 10

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 
 from ordergraph.models import Order
 from tests.conftest import BACKEND, Harness, SmtpServer, service_env
-from tests.helpers import checked_out_order, make_product
+from tests.helpers import checked_out_order, make_product, run_ordergraph
 from tests.live import (
     GRAPHQL_WS,
     PROTOCOLS,
@@ -170,17 +169,8 @@ async def test_a_change_made_by_the_expiry_command_reaches_subscribers(
     async with Follower(cluster.a.url, app.token(owner), order_id, TRANSPORT_WS) as follower:
         assert (await follower.next())["status"] == "PENDING_PAYMENT"
         await Order.filter(id=order_id).update(expires_at=datetime.now(UTC) - timedelta(hours=1))
-        command = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ordergraph.cli",
-            "expire-pending",
-            env=cluster.a.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, stderr = await asyncio.wait_for(command.communicate(), 60)
-        assert command.returncode == 0, stderr.decode()
+        returncode, _, stderr = await run_ordergraph("expire-pending", env=cluster.a.env)
+        assert returncode == 0, stderr
         assert (await follower.until("CANCELLED"))[-1]["paymentStatus"] == "EXPIRED"
 
 

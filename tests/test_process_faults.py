@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
@@ -20,12 +18,12 @@ from tests.conftest import (
     BACKEND,
     IN_CI,
     JWT_SECRET,
-    PG_ADMIN_DSN,
     WEBHOOK_SECRET,
     Harness,
     Mailbox,
     SmtpServer,
     postgres_only,
+    scratch_database,
 )
 from tests.helpers import ADD_TO_CART, CHECKOUT
 from tests.live import ServerProcess, eventually
@@ -40,16 +38,8 @@ async def own_database() -> AsyncIterator[str]:
         with tempfile.TemporaryDirectory() as folder:
             yield f"sqlite://{Path(folder) / 'own.sqlite3'}"
         return
-    name = f"og_test_own_{os.getpid()}_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    try:
-        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN_DSN)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database("own") as url:
+        yield url
 
 
 def _server_env(app: Harness, smtp: SmtpServer, database_url: str) -> dict[str, str]:
