@@ -130,7 +130,12 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with (
-            RegisterTortoise(app, config=tortoise_config(settings.database_url)),
+            RegisterTortoise(
+                app,
+                config=tortoise_config(
+                    settings.database_url, pool_size=settings.database_pool_size
+                ),
+            ),
             events.running(settings.events_url),
         ):
             gateway = StripeGateway(settings)

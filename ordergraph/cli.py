@@ -49,6 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         port=args.port,
         workers=args.workers,
         log_level="info",
+        access_log=settings.access_log,
         proxy_headers=True,
         # Compression costs ~40 KB per idle subscriber for messages of a few hundred bytes.
         ws_per_message_deflate=False,
@@ -166,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # One line per Stripe call and per HTTP request is noise at INFO, and costs on the hot path.
+    for chatty in ("stripe", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     args.func(args)
 

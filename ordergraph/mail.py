@@ -48,22 +48,23 @@ class Composed:
 
 async def enqueue_email(
     *, dedupe_key: str, recipient: str, composed: Composed, order: Order | None = None
-) -> bool:
-    """Write the mail to the outbox in the current transaction; False if it was already there."""
-    _, created = await OutboxEmail.get_or_create(
+) -> None:
+    """Write the mail to the outbox in the current transaction, once per `dedupe_key`.
+
+    One statement: INSERT that ignores a key already there (ON CONFLICT DO NOTHING on
+    PostgreSQL, INSERT OR IGNORE on SQLite).
+    """
+    row = OutboxEmail(
         dedupe_key=dedupe_key,
-        defaults={
-            "order_id": order.id if order is not None else None,
-            "recipient": recipient,
-            "subject": composed.subject,
-            "text_body": composed.text,
-            "html_body": composed.html,
-            "next_attempt_at": datetime.now(UTC),
-        },
+        order_id=order.id if order is not None else None,
+        recipient=recipient,
+        subject=composed.subject,
+        text_body=composed.text,
+        html_body=composed.html,
+        next_attempt_at=datetime.now(UTC),
     )
-    if created:
-        after_commit(wake_sender)
-    return created
+    await OutboxEmail.bulk_create([row], ignore_conflicts=True)
+    after_commit(wake_sender)
 
 
 _wakeup: asyncio.Event | None = None

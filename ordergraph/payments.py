@@ -163,7 +163,7 @@ async def confirm_checkout(
 
 
 async def _confirm(order: Order, session: CheckoutSession, *, actor: str, reason: str) -> None:
-    async with transaction():  # a savepoint: a late payment short of stock undoes only this
+    async with transaction(savepoint=True):  # a late payment short of stock undoes only this
         await change_order(
             order,
             status=OrderStatus.PAYMENT_CONFIRMED,

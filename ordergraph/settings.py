@@ -47,6 +47,7 @@ def _int(name: str, value: str, *, low: int, high: int) -> int:
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite://ordergraph.sqlite3"
+    database_pool_size: int = 20
     events_url: str = "memory://"
     frontend_url: str = "http://localhost:5173"
     allowed_origins: tuple[str, ...] = ("http://localhost:5173",)
@@ -71,6 +72,7 @@ class Settings:
     expiry_grace_minutes: int = 5
     jwt_secret: str = field(default="", repr=False)
     debug: bool = False
+    access_log: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +105,9 @@ class Settings:
             raise SettingsError(f"SHOP_CURRENCY must be an ISO 4217 code, not {currency!r}")
         return cls(
             database_url=get("DATABASE_URL") or cls.database_url,
+            database_pool_size=_int(
+                "DATABASE_POOL_SIZE", get("DATABASE_POOL_SIZE") or "20", low=1, high=1000
+            ),
             events_url=events_url,
             frontend_url=frontend_url,
             allowed_origins=allowed_origins,
@@ -153,4 +158,5 @@ class Settings:
             ),
             jwt_secret=jwt_secret,
             debug=_bool("DEBUG", get("DEBUG") or "false"),
+            access_log=_bool("ACCESS_LOG", get("ACCESS_LOG") or "false"),
         )
