@@ -44,7 +44,8 @@ def issue_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def decode_token(secret: str, token: str) -> Identity:
+def _verify(secret: str, token: str) -> tuple[Identity, float]:
+    """The token's identity and expiry, if it is ours, unexpired and names a user."""
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
@@ -56,20 +57,40 @@ def decode_token(secret: str, token: str) -> Identity:
         raise AuthError("invalid token: sub must be a non-empty string")
     email = claims.get("email")
     roles = claims.get("roles") or []
-    return Identity(
+    identity = Identity(
         user_id=sub,
         email=email if isinstance(email, str) else "",
         is_staff=isinstance(roles, list) and STAFF_ROLE in roles,
     )
+    return identity, float(claims["exp"])
+
+
+def decode_token(secret: str, token: str) -> Identity:
+    return _verify(secret, token)[0]
+
+
+# Tokens this process has verified, until they expire: a shopper's browser sends the same token
+# with every request, and checking its signature again each time is most of a small request's
+# authentication cost.
+_verified: dict[tuple[str, str], tuple[Identity, float]] = {}
+_VERIFIED_LIMIT = 10_000
 
 
 def identity_from_header(secret: str, header: str | None) -> Identity:
     if not header:
         raise AuthError("no bearer token")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise AuthError("the Authorization header must be 'Bearer <token>'")
-    return decode_token(secret, token.strip())
+    known = _verified.get((secret, token))
+    if known is not None and known[1] > time.time():
+        return known[0]
+    identity, expires = _verify(secret, token)
+    if len(_verified) >= _VERIFIED_LIMIT:
+        _verified.clear()
+    _verified[(secret, token)] = (identity, expires)
+    return identity
 
 
 # Users this process has already written as the token describes them, so that a request
