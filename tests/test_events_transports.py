@@ -89,7 +89,7 @@ async def test_announce_delivers_at_commit_and_never_for_a_rollback(
                 raise RuntimeError("roll back")
         async with transaction():
             with pytest.raises(RuntimeError):
-                async with transaction():  # a savepoint, rolled back on its own
+                async with transaction(savepoint=True):  # rolled back on its own
                     await transport.announce(OrderEvent("o1", 4))
                     raise RuntimeError("roll back the savepoint")
             await transport.announce(OrderEvent("o1", 5))
