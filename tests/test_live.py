@@ -327,3 +327,32 @@ async def test_a_thousand_connections_leave_nothing_behind(app: Harness) -> None
     after = await settled()
     assert after == before
     assert after[1]["Subscription"] == after[1]["WebSocket"] == 0
+
+
+async def test_subscribers_asking_different_questions_get_their_own_answers(
+    app: Harness,
+) -> None:
+    """One execution is shared per snapshot only among identical documents and variables."""
+    order_id = await _order(app, "alice")
+    token = app.token("alice")
+    short = "subscription($id: ID!) { orderStatusChanged(orderId: $id) { status } }"
+    async with (
+        await RawSocket.open(app.url) as full_socket,
+        await RawSocket.open(app.url) as short_socket,
+    ):
+        for socket in (full_socket, short_socket):
+            assert (await socket.init(token))["type"] == "connection_ack"
+        await full_socket.subscribe(order_id)
+        await short_socket.send(
+            {
+                "type": "subscribe",
+                "id": "s",
+                "payload": {"query": short, "variables": {"id": order_id}},
+            }
+        )
+        assert (await full_socket.next_order())["id"] == order_id
+        assert await short_socket.next_order() == {"status": "PENDING_PAYMENT"}
+        await app.emulator.complete_session(await _session_id(order_id))
+        confirmed = await full_socket.next_order()
+        assert confirmed["status"] == "PAYMENT_CONFIRMED" and confirmed["lines"]
+        assert await short_socket.next_order() == {"status": "PAYMENT_CONFIRMED"}
