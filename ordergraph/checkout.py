@@ -170,10 +170,7 @@ async def checkout(
         await undo_checkout(str(order.id), f"payment provider error: {exc}")
         if exc.uncertain:
             gateway.expire_late_session(request)
-        raise BusinessError.of(
-            ErrorCode.PAYMENT_PROVIDER_ERROR,
-            "The payment provider could not be reached; nothing was charged, please try again",
-        ) from exc
+        raise
     await Order.filter(id=order.id).update(stripe_checkout_session_id=session.id)
     order.stripe_checkout_session_id = session.id
     return CheckoutResult(order=order, client_secret=session.client_secret)

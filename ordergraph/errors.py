@@ -46,3 +46,8 @@ class BusinessError(Exception):
     @property
     def code(self) -> ErrorCode:
         return self.problems[0].code
+
+
+def order_not_found() -> BusinessError:
+    """What anyone hears of an order that is not theirs, and of one that does not exist."""
+    return BusinessError.of(ErrorCode.NOT_FOUND, "No such order", field=("orderId",))

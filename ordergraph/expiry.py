@@ -12,7 +12,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from ordergraph.db import transaction
-from ordergraph.errors import BusinessError, ErrorCode
+from ordergraph.errors import BusinessError, ErrorCode, order_not_found
 from ordergraph.models import Order, OrderStatus, PaymentStatus
 from ordergraph.order_state import lock_order
 from ordergraph.payments import Outcome, PaymentServices, cancel_pending, sync_checkout
@@ -47,7 +47,7 @@ async def cancel_order(order_id: str, *, user_id: str, services: PaymentServices
     """The shopper cancels an unpaid order: expire its session first, then release its stock."""
     order = await Order.filter(id=order_id, user_id=user_id).first()
     if order is None:
-        raise BusinessError.of(ErrorCode.NOT_FOUND, "No such order", field=("orderId",))
+        raise order_not_found()
     if order.is_locked or order.paid_at is not None:
         raise BusinessError.of(ErrorCode.ORDER_LOCKED, "A paid order cannot be cancelled")
     if order.status != OrderStatus.PENDING_PAYMENT or order.payment_status != PaymentStatus.PENDING:
@@ -57,12 +57,7 @@ async def cancel_order(order_id: str, *, user_id: str, services: PaymentServices
             "cannot be cancelled",
         )
     if order.stripe_checkout_session_id:
-        try:
-            ended = await _expire_session(order, services)
-        except PaymentProviderError as exc:
-            raise BusinessError.of(
-                ErrorCode.PAYMENT_PROVIDER_ERROR, "Stripe could not be reached; nothing changed"
-            ) from exc
+        ended = await _expire_session(order, services)
         if ended == "complete":
             # The shopper paid in the meantime: apply the payment instead of cancelling.
             await sync_checkout(order, actor=f"user:{user_id}", services=services)

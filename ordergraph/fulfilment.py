@@ -7,15 +7,10 @@ from __future__ import annotations
 
 from ordergraph import emails
 from ordergraph.db import transaction
-from ordergraph.errors import BusinessError, ErrorCode
+from ordergraph.errors import BusinessError, ErrorCode, order_not_found
 from ordergraph.models import Order, OrderStatus, PaymentStatus
 from ordergraph.order_state import can_transition, change_order, lock_order
 from ordergraph.payments import Outcome, PaymentServices, apply_refund
-from ordergraph.stripe_gateway import PaymentProviderError
-
-
-def not_found() -> BusinessError:
-    return BusinessError.of(ErrorCode.NOT_FOUND, "No such order", field=("orderId",))
 
 
 async def _advance(
@@ -29,7 +24,7 @@ async def _advance(
     async with transaction():
         order = await lock_order(order_id)
         if order is None:
-            raise not_found()
+            raise order_not_found()
         await change_order(order, status=status, reason=reason, actor=actor, fields=fields)
         composer = {
             OrderStatus.AWAITING_SHIPMENT: emails.compose_awaiting_shipment,
@@ -87,7 +82,7 @@ async def refund_order(order_id: str, *, actor: str, services: PaymentServices) 
     """
     order = await Order.filter(id=order_id).first()
     if order is None:
-        raise not_found()
+        raise order_not_found()
     if order.payment_status not in REFUNDABLE or not order.stripe_payment_intent_id:
         raise BusinessError.of(
             ErrorCode.INVALID_TRANSITION,
@@ -98,18 +93,13 @@ async def refund_order(order_id: str, *, actor: str, services: PaymentServices) 
             ErrorCode.INVALID_TRANSITION, f"An order that is {order.status.name} cannot be refunded"
         )
     remaining = order.total - order.amount_refunded
-    try:
-        refund = await services.gateway.create_refund(
-            order.stripe_payment_intent_id,
-            remaining,
-            # Same order, same refunded-so-far: the same request, so a retry cannot refund twice.
-            idempotency_key=f"refund-{order.id}-{order.amount_refunded}",
-            reason=f"refund by {actor}",
-        )
-    except PaymentProviderError as exc:
-        raise BusinessError.of(
-            ErrorCode.PAYMENT_PROVIDER_ERROR, "Stripe could not refund the payment; try again"
-        ) from exc
+    refund = await services.gateway.create_refund(
+        order.stripe_payment_intent_id,
+        remaining,
+        # Same order, same refunded-so-far: the same request, so a retry cannot refund twice.
+        idempotency_key=f"refund-{order.id}-{order.amount_refunded}",
+        reason=f"refund by {actor}",
+    )
     async with transaction():
         locked = await lock_order(order_id)
         assert locked is not None

@@ -23,7 +23,7 @@ from tortoise.exceptions import IntegrityError
 
 from ordergraph import emails
 from ordergraph.db import transaction
-from ordergraph.errors import BusinessError, ErrorCode
+from ordergraph.errors import BusinessError, ErrorCode, order_not_found
 from ordergraph.models import (
     Order,
     OrderItem,
@@ -412,6 +412,21 @@ async def apply_stripe_event(event: dict[str, Any], services: PaymentServices) -
     except _Discard as discard:
         return discard.outcome
     return outcome
+
+
+async def sync_order_payment(
+    order_id: str, *, user_id: str, staff: bool, services: PaymentServices
+) -> Order:
+    """The success page asks: apply what Stripe says of the order's session, now."""
+    query = Order.filter(id=order_id)
+    if not staff:
+        query = query.filter(user_id=user_id)
+    order = await query.first()
+    if order is None:
+        raise order_not_found()
+    await sync_checkout(order, actor=f"user:{user_id}", services=services)
+    await order.refresh_from_db()
+    return order
 
 
 async def sync_checkout(order: Order, *, actor: str, services: PaymentServices) -> Outcome:

@@ -22,7 +22,7 @@ from ordergraph import cart, catalog, expiry, fulfilment, mail, payments
 from ordergraph import checkout as checkout_domain
 from ordergraph.auth import Identity, ensure_user
 from ordergraph.context import Context
-from ordergraph.errors import BusinessError, ErrorCode
+from ordergraph.errors import BusinessError, ErrorCode, Problem, order_not_found
 from ordergraph.graphql_types import (
     Cart,
     CartPayload,
@@ -90,12 +90,22 @@ def _uuid(value: str) -> uuid.UUID | None:
         return None
 
 
+PROVIDER_DOWN = Problem(
+    ErrorCode.PAYMENT_PROVIDER_ERROR,
+    "The payment provider could not be reached; nothing was charged or changed. Try again.",
+)
+
+
 async def _payload(make: Callable[..., P], action: Awaitable[P]) -> P:
-    """Run a mutation's domain call, answering its business errors as `userErrors`."""
+    """Run a mutation's domain call, answering its business errors (and a payment provider
+    that failed it, after the domain undid what it had prepared) as `userErrors`."""
     try:
         return await action
     except BusinessError as error:
-        return make(user_errors=[UserError.from_problem(p) for p in error.problems])
+        problems = error.problems
+    except PaymentProviderError:
+        problems = [PROVIDER_DOWN]
+    return make(user_errors=[UserError.from_problem(p) for p in problems])
 
 
 # Queries
@@ -278,7 +288,7 @@ async def upsert_product(info: Info, input: ProductInput) -> ProductPayload:
 def _order_id(order_id: str) -> str:
     key = _uuid(order_id)
     if key is None:
-        raise BusinessError.of(ErrorCode.NOT_FOUND, "No such order", field=("orderId",))
+        raise order_not_found()
     return str(key)
 
 
@@ -302,24 +312,14 @@ async def cancel_order(info: Info, order_id: strawberry.ID) -> OrderPayload:
 async def sync_order_payment(info: Info, order_id: strawberry.ID) -> OrderPayload:
     identity = await require_user(info)
     services = _context(info).services
-
-    async def run() -> OrderModel:
-        query = OrderModel.filter(id=_order_id(order_id))
-        if not identity.is_staff:
-            query = query.filter(user_id=identity.user_id)
-        order = await query.first()
-        if order is None:
-            raise fulfilment.not_found()
-        try:
-            await payments.sync_checkout(order, actor=f"user:{identity.user_id}", services=services)
-        except PaymentProviderError as exc:
-            raise BusinessError.of(
-                ErrorCode.PAYMENT_PROVIDER_ERROR, "Stripe could not be reached; try again"
-            ) from exc
-        await order.refresh_from_db()
-        return order
-
-    return await _order_payload(run)
+    return await _order_payload(
+        lambda: payments.sync_order_payment(
+            _order_id(order_id),
+            user_id=identity.user_id,
+            staff=identity.is_staff,
+            services=services,
+        )
+    )
 
 
 async def _staff_order_action(

@@ -420,3 +420,27 @@ async def test_refund_before_payment_is_retried_by_stripe(app: Harness, mailbox:
     assert retried.status_code == 200
     order = await _order(order_id)
     assert (order.status.value, order.payment_status.value) == ("refunded", "refunded")
+
+
+async def test_stripe_down_answers_provider_error_and_changes_nothing(
+    app: Harness, mailbox: Mailbox
+) -> None:
+    """Cancel, refund and sync all need Stripe; when it fails they say so and change nothing."""
+    product, paid_id, _ = await _paid(app, mailbox)
+    pending_id = (await checked_out_order(app, app.token("bob"), product, 1))["orderId"]
+    before = {i: await _history(i) for i in (paid_id, pending_id)}
+    stock = await stock_of(product)
+    app.emulator.inject_fault("error500", count=10)
+
+    cases = [
+        ("refundOrder", paid_id, app.token("sam", staff=True)),
+        ("cancelOrder", pending_id, app.token("bob")),
+        ("syncOrderPayment", pending_id, app.token("bob")),
+    ]
+    for name, order_id, token in cases:
+        answer = await _op(app, name, order_id, token)
+        assert [e["code"] for e in answer["userErrors"]] == ["PAYMENT_PROVIDER_ERROR"], name
+
+    assert {i: await _history(i) for i in (paid_id, pending_id)} == before
+    assert await stock_of(product) == stock
+    assert app.emulator.refunds == {}
