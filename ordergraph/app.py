@@ -21,7 +21,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from tortoise import Tortoise
 from tortoise.contrib.starlette import RegisterTortoise
 
-from ordergraph import events
+from ordergraph import events, metrics
 from ordergraph.auth import AuthError, identity_from_header
 from ordergraph.context import Context
 from ordergraph.db import tortoise_config
@@ -29,9 +29,11 @@ from ordergraph.expiry import Sweeper
 from ordergraph.limits import BodySizeLimit
 from ordergraph.mail import MailSender
 from ordergraph.payments import PaymentServices
+from ordergraph.request_ids import RequestId
 from ordergraph.schema import build_schema
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import StripeGateway
+from ordergraph.success_page import order_success_page
 from ordergraph.webhooks import stripe_webhook
 from ordergraph.ws_protocols import LegacyWSHandler, TransportWSHandler
 
@@ -106,6 +108,18 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def metrics_endpoint(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    if not metrics.authorized(settings.metrics_token, request.headers.get("authorization")):
+        return JSONResponse(
+            {"error": "metrics need the bearer token of METRICS_TOKEN"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
 async def readyz(request: Request) -> Response:
     checks: dict[str, str] = {}
     try:
@@ -153,18 +167,24 @@ def create_app(settings: Settings) -> Starlette:
                 sweeper.stop()
                 await asyncio.gather(*background)
                 await gateway.close()
+                metrics.process_exiting()
 
     graphql = GraphQLApp(settings)
+    routes = [
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
+        Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+    ]
+    if settings.success_page:
+        routes.append(Route("/order-success/{order_id}", order_success_page, methods=["GET"]))
     app = Starlette(
         debug=False,
-        routes=[
-            Route("/graphql", graphql, methods=["GET", "POST"]),
-            WebSocketRoute("/graphql", graphql),
-            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-        ],
+        routes=routes,
         middleware=[
+            Middleware(RequestId),
             Middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES),
             Middleware(
                 CORSMiddleware,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from tortoise.expressions import F
 
+from ordergraph import logs, metrics
 from ordergraph.db import transaction
 from ordergraph.errors import BusinessError, ErrorCode, Problem
 from ordergraph.inventory import reserve_stock
@@ -149,8 +150,25 @@ async def check_rate(user_id: str, settings: Settings) -> None:
 async def checkout(
     user_id: str, email: str | None, settings: Settings, gateway: StripeGateway
 ) -> CheckoutResult:
+    """Place the order and open its Stripe session; every attempt is counted by outcome."""
+    try:
+        result = await _checkout(user_id, email, settings, gateway)
+    except BusinessError as exc:
+        metrics.CHECKOUTS.labels(exc.code.value.lower()).inc()
+        raise
+    except PaymentProviderError:
+        metrics.CHECKOUTS.labels(ErrorCode.PAYMENT_PROVIDER_ERROR.value.lower()).inc()
+        raise
+    metrics.CHECKOUTS.labels("created").inc()
+    return result
+
+
+async def _checkout(
+    user_id: str, email: str | None, settings: Settings, gateway: StripeGateway
+) -> CheckoutResult:
     await check_rate(user_id, settings)
     order, items = await place_order(user_id, settings)
+    logs.bind_order(str(order.id))
     assert order.expires_at is not None
     request = CheckoutSessionRequest(
         order_id=str(order.id),

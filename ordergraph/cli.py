@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 
-from ordergraph.settings import Settings, SettingsError
+from ordergraph.logs import configure_logging, logging_config
+from ordergraph.settings import Settings, SettingsError, log_format_from_env
 
 
 def _settings() -> Settings:
@@ -32,8 +34,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
         asyncio.run(run_demo(args.host, args.port))
         return
-    import uvicorn
-
     settings = _settings()
     if args.workers > 1 and settings.events_url.startswith("memory:"):
         print(
@@ -42,6 +42,23 @@ def cmd_serve(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     _migrate(settings.database_url)
+    from ordergraph.metrics import MULTIPROC_DIR_VARIABLE
+
+    metrics_dir = None
+    if args.workers > 1 and not os.environ.get(MULTIPROC_DIR_VARIABLE):
+        # Each worker keeps its metrics in files here; /metrics on any worker adds them up.
+        metrics_dir = tempfile.mkdtemp(prefix="ordergraph-metrics-")
+        os.environ[MULTIPROC_DIR_VARIABLE] = metrics_dir
+    try:
+        _run_uvicorn(args, settings)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
     uvicorn.run(
         "ordergraph.app:create_app_from_env",
         factory=True,
@@ -49,11 +66,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
         port=args.port,
         workers=args.workers,
         log_level="info",
+        log_config=logging_config(settings.log_format),
         access_log=settings.access_log,
         proxy_headers=True,
         # Compression costs ~40 KB per idle subscriber for messages of a few hundred bytes.
         ws_per_message_deflate=False,
     )
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    import logging
+
+    from ordergraph.demo_purchase import run_purchase_demo
+
+    # The timeline is the output; the service's own INFO lines would bury it.
+    logging.getLogger().setLevel(logging.WARNING)
+    raise SystemExit(asyncio.run(run_purchase_demo()))
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -133,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
+    demo = verbs.add_parser(
+        "demo",
+        help="run one whole purchase against a throwaway local stack and print its timeline",
+    )
+    demo.set_defaults(func=cmd_demo)
+
     migrate = verbs.add_parser("migrate", help="apply pending database migrations and exit")
     migrate.set_defaults(func=cmd_migrate)
 
@@ -166,10 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # One line per Stripe call and per HTTP request is noise at INFO, and costs on the hot path.
-    for chatty in ("stripe", "httpx"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        configure_logging(log_format_from_env())
+    except SettingsError as exc:
+        print(f"ordergraph: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     args = build_parser().parse_args(argv)
     args.func(args)
 

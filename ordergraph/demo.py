@@ -1,7 +1,8 @@
-"""`ordergraph serve --demo`: the whole service on one machine with nothing to set up.
+"""The demo stack: the whole service on one machine with nothing to set up.
 
-SQLite, the Stripe emulator, an SMTP sink that prints each mail, GraphiQL, a small catalogue
-and two ready tokens. Settings already in the environment win over the demo's.
+Shared by `ordergraph serve --demo` (serves until stopped, for a person to explore) and
+`ordergraph demo` (runs one purchase through it and exits): SQLite, in-memory events, the
+Stripe emulator, an SMTP sink, a small catalogue.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ import email.policy
 import logging
 import os
 import secrets
+import socket
+from collections.abc import Callable
 from email import message_from_bytes
 from email.message import EmailMessage
 from typing import Any
 
 import uvicorn
+from aiosmtpd.smtp import SMTP
+from starlette.types import ASGIApp
 from tortoise import Tortoise
 
 from ordergraph.app import create_app
@@ -39,31 +44,58 @@ EMULATOR_PORT = 12111
 SMTP_PORT = 1025
 
 
-class PrintingMailbox:
+def read_mail(content: bytes) -> EmailMessage:
+    message = message_from_bytes(content, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def plain_text(message: EmailMessage) -> str:
+    body = message.get_body(preferencelist=("plain",))
+    return body.get_content() if body is not None else ""
+
+
+class MailSink:
+    """An SMTP server that accepts every mail and hands it to `on_mail`."""
+
+    def __init__(self, on_mail: Callable[[EmailMessage], None]) -> None:
+        self.on_mail = on_mail
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        message = message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        body = message.get_body(preferencelist=("plain",))
-        text = body.get_content() if body is not None else ""
-        print(f"\n--- mail to {message['To']}: {message['Subject']} ---\n{text}\n---", flush=True)
+        self.on_mail(read_mail(envelope.content))
         return "250 OK"
 
 
-def _demo_environment(port: int) -> None:
-    defaults = {
-        "JWT_SECRET": "demo-only-" + secrets.token_hex(16),
-        "STRIPE_SECRET_KEY": "sk_test_demo",
-        "STRIPE_WEBHOOK_SECRET": "whsec_demo_" + secrets.token_hex(8),
-        "STRIPE_API_BASE": f"http://127.0.0.1:{EMULATOR_PORT}",
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(SMTP_PORT),
-        "DEBUG": "true",
-    }
-    for name, value in defaults.items():
-        os.environ.setdefault(name, value)
+async def start_mail_sink(
+    on_mail: Callable[[EmailMessage], None], host: str = "127.0.0.1", port: int = 0
+) -> asyncio.Server:
+    """Serves in this event loop; port 0 takes a free one (see `bound_port`)."""
+    sink = MailSink(on_mail)
+    return await asyncio.get_running_loop().create_server(
+        lambda: SMTP(sink, hostname=host), host, port
+    )
 
 
-async def _seed(settings: Settings) -> None:
+def bound_port(server: asyncio.Server) -> int:
+    port: int = server.sockets[0].getsockname()[1]
+    return port
+
+
+def loopback_socket(port: int = 0) -> socket.socket:
+    """A listening socket to hand to uvicorn; port 0 takes a free one."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+def uvicorn_server(app: ASGIApp) -> uvicorn.Server:
+    return uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="on", ws_per_message_deflate=False)
+    )
+
+
+async def seed_catalogue(settings: Settings) -> None:
     from ordergraph.models import Product
 
     await Tortoise.init(config=tortoise_config(settings.database_url))
@@ -77,24 +109,42 @@ async def _seed(settings: Settings) -> None:
         await Tortoise.close_connections()
 
 
-def _start_smtp_sink() -> Any:
-    try:
-        from aiosmtpd.controller import Controller
-    except ImportError:
-        log.warning("aiosmtpd is not installed: mail will wait in the outbox")
-        return None
-    controller = Controller(PrintingMailbox(), hostname="127.0.0.1", port=SMTP_PORT)
-    controller.start()
-    return controller
+def _print_mail(message: EmailMessage) -> None:
+    print(
+        f"\n--- mail to {message['To']}: {message['Subject']} ---\n{plain_text(message)}\n---",
+        flush=True,
+    )
+
+
+def _demo_environment(host: str, port: int) -> None:
+    base = f"http://{host}:{port}"
+    defaults = {
+        "JWT_SECRET": "demo-only-" + secrets.token_hex(16),
+        "STRIPE_SECRET_KEY": "sk_test_demo",
+        "STRIPE_WEBHOOK_SECRET": "whsec_demo_" + secrets.token_hex(8),
+        "STRIPE_API_BASE": f"http://127.0.0.1:{EMULATOR_PORT}",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(SMTP_PORT),
+        "DEBUG": "true",
+        # Stripe sends the shopper back to the reference success page this server serves.
+        "FRONTEND_URL": base,
+        "SUCCESS_PAGE": "true",
+    }
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
 
 
 async def run_demo(host: str, port: int) -> None:
-    _demo_environment(port)
+    """`ordergraph serve --demo`: serve the demo stack until stopped."""
+    _demo_environment(host, port)
     settings = Settings.from_env()
     await apply_migrations(settings.database_url)
-    await _seed(settings)
-    smtp = _start_smtp_sink() if settings.smtp_port == SMTP_PORT else None
-
+    await seed_catalogue(settings)
+    smtp = (
+        await start_mail_sink(_print_mail, port=SMTP_PORT)
+        if settings.smtp_port == SMTP_PORT
+        else None
+    )
     emulator = StripeEmulator(
         webhook_url=f"http://{host}:{port}/webhooks/stripe",
         webhook_secret=settings.stripe_webhook_secret,
@@ -121,6 +171,7 @@ ordergraph demo
   Shopper token: {shopper}
   Staff token:   {staff}
   Pay for a session: curl -X POST http://127.0.0.1:{EMULATOR_PORT}/_emulator/checkout/sessions/<cs_id>/complete
+  Watch an order live: http://{host}:{port}/order-success/<orderId>#token=<shopper token>
 """,
         flush=True,
     )
@@ -128,4 +179,4 @@ ordergraph demo
         await asyncio.gather(*(server.serve() for server in servers))
     finally:
         if smtp is not None:
-            smtp.stop()
+            smtp.close()

@@ -17,6 +17,7 @@ from email.message import EmailMessage
 import aiosmtplib
 from tortoise.expressions import Q
 
+from ordergraph import logs, metrics
 from ordergraph.db import after_commit, transaction
 from ordergraph.models import Order, OutboxEmail, OutboxStatus
 from ordergraph.settings import Settings
@@ -138,6 +139,7 @@ class MailSender:
         row = await self._claim()
         if row is None:
             return False
+        logs.bind_order(str(row.order_id) if row.order_id else None)
         attempts = row.attempts + 1
         try:
             await self.deliver(row)
@@ -164,6 +166,7 @@ class MailSender:
                 claimed_until=None,
                 next_attempt_at=datetime.now(UTC) + backoff(attempts),
             )
+            metrics.EMAILS.labels("dead" if status == OutboxStatus.DEAD else "retried").inc()
             return status == OutboxStatus.DEAD
         await OutboxEmail.filter(id=row.id).update(
             status=OutboxStatus.SENT,
@@ -171,6 +174,7 @@ class MailSender:
             sent_at=datetime.now(UTC),
             claimed_until=None,
         )
+        metrics.EMAILS.labels("sent").inc()
         return True
 
     async def deliver(self, row: OutboxEmail) -> None:

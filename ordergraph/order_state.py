@@ -19,8 +19,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from ordergraph import events
-from ordergraph.db import transaction
+from ordergraph import events, logs, metrics
+from ordergraph.db import AfterCommit, after_commit, transaction
 from ordergraph.errors import BusinessError, ErrorCode
 from ordergraph.inventory import release_stock, reserve_stock
 from ordergraph.models import Order, OrderItem, OrderStatus, OrderStatusChange, PaymentStatus
@@ -76,13 +76,30 @@ async def lock_order(order_id: str) -> Order | None:
     """Read an order for change: on PostgreSQL the row stays locked until the transaction ends.
 
     (SQLite runs one transaction at a time, so there the lock is the transaction itself.)
+    The order is the subject of what this task logs from here on.
     """
+    logs.bind_order(order_id)
     return await Order.filter(id=order_id).select_for_update().first()
 
 
 async def _order_lines(order: Order) -> list[tuple[str, int]]:
     items = await OrderItem.filter(order_id=order.id).values_list("product_id", "quantity")
     return [(str(product_id), quantity) for product_id, quantity in items]
+
+
+def _count_change(
+    old_status: OrderStatus,
+    new_status: OrderStatus,
+    old_payment: PaymentStatus,
+    new_payment: PaymentStatus,
+) -> AfterCommit:
+    async def count() -> None:
+        if new_status != old_status:
+            metrics.ORDER_TRANSITIONS.labels(old_status.name, new_status.name).inc()
+        if new_payment != old_payment:
+            metrics.PAYMENT_TRANSITIONS.labels(old_payment.name, new_payment.name).inc()
+
+    return count
 
 
 async def change_order(
@@ -141,6 +158,7 @@ async def change_order(
             actor=actor,
         )
         await events.announce(events.OrderEvent(str(order.id), order.version + 1))
+        after_commit(_count_change(old_status, new_status, old_payment, new_payment))
     for name, value in values.items():
         setattr(order, name, value)
     log.info(

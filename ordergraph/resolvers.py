@@ -18,7 +18,7 @@ from strawberry.types import Info
 from tortoise.expressions import Q
 from tortoise.queryset import QuerySet
 
-from ordergraph import cart, catalog, expiry, fulfilment, mail, payments
+from ordergraph import cart, catalog, expiry, fulfilment, logs, mail, payments
 from ordergraph import checkout as checkout_domain
 from ordergraph.auth import Identity, ensure_user
 from ordergraph.context import Context
@@ -286,9 +286,11 @@ async def upsert_product(info: Info, input: ProductInput) -> ProductPayload:
 
 
 def _order_id(order_id: str) -> str:
+    """The order a mutation acts on; it is the subject of the request's log lines from here."""
     key = _uuid(order_id)
     if key is None:
         raise order_not_found()
+    logs.bind_order(str(key))
     return str(key)
 
 

@@ -44,6 +44,14 @@ def _int(name: str, value: str, *, low: int, high: int) -> int:
     return number
 
 
+def log_format_from_env(env: Mapping[str, str] | None = None) -> str:
+    """LOG_FORMAT alone, for commands that log before (or without) the other settings."""
+    value = ((os.environ if env is None else env).get("LOG_FORMAT") or "text").strip().lower()
+    if value not in ("text", "json"):
+        raise SettingsError(f"LOG_FORMAT must be text or json, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite://ordergraph.sqlite3"
@@ -73,6 +81,9 @@ class Settings:
     jwt_secret: str = field(default="", repr=False)
     debug: bool = False
     access_log: bool = False
+    log_format: str = "text"
+    success_page: bool = False
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +111,7 @@ class Settings:
                 f"EVENTS_URL must start with one of {', '.join(EVENTS_SCHEMES)} (://), "
                 f"not {events_url!r}"
             )
+        log_format = log_format_from_env(env)
         currency = (get("SHOP_CURRENCY") or cls.shop_currency).upper()
         if len(currency) != 3 or not currency.isalpha():
             raise SettingsError(f"SHOP_CURRENCY must be an ISO 4217 code, not {currency!r}")
@@ -159,4 +171,7 @@ class Settings:
             jwt_secret=jwt_secret,
             debug=_bool("DEBUG", get("DEBUG") or "false"),
             access_log=_bool("ACCESS_LOG", get("ACCESS_LOG") or "false"),
+            log_format=log_format,
+            success_page=_bool("SUCCESS_PAGE", get("SUCCESS_PAGE") or "false"),
+            metrics_token=get("METRICS_TOKEN"),
         )

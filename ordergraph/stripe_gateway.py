@@ -17,6 +17,7 @@ from typing import Any
 
 import stripe
 
+from ordergraph import metrics
 from ordergraph.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -189,8 +190,9 @@ class StripeGateway:
 
     async def _call(self, what: str, call: Any) -> Any:
         try:
-            async with asyncio.timeout(self._deadline):
-                return await call
+            with metrics.stripe_call(what.replace(" ", "_")):
+                async with asyncio.timeout(self._deadline):
+                    return await call
         except stripe.StripeError as exc:
             log.warning("Stripe %s failed: %s", what, exc)
             uncertain = isinstance(exc, stripe.APIConnectionError | stripe.APIError)

@@ -27,7 +27,7 @@ from strawberry.types import Info
 from strawberry.types.graphql import OperationType
 from tortoise.transactions import in_transaction
 
-from ordergraph import events, resolvers
+from ordergraph import events, metrics, resolvers
 from ordergraph.context import Context
 from ordergraph.db import is_postgres
 from ordergraph.errors import ErrorCode
@@ -136,24 +136,28 @@ async def order_status_changed(info: Info, order_id: strawberry.ID) -> AsyncIter
 
 async def follow(context: Context, websocket: WebSocket, order_id: str) -> AsyncIterator[Order]:
     transport = events.current_transport()
-    async with transport.subscribe(order_id, lambda: _drop(websocket)) as hints:
-        # Subscribed before the first read: a change committed after it arrives as a hint.
-        since = time.monotonic()
-        last_sent = 0
-        while True:
-            snapshot = await reads.read(order_id, since)
-            if snapshot is None:
-                return  # the order is gone
-            if snapshot.order.version > last_sent:
-                last_sent = snapshot.order.version
-                context.loaders = snapshot.loaders
-                message = Order.from_model(snapshot.order)
-                message.answers = snapshot.answers
-                yield message
-            hint = await _news(hints, last_sent)
-            if hint is None:
-                return  # dropped for reading too slowly: its socket is being closed
-            since = hint.received
+    metrics.ACTIVE_SUBSCRIPTIONS.inc()
+    try:
+        async with transport.subscribe(order_id, lambda: _drop(websocket)) as hints:
+            # Subscribed before the first read: a change committed after it arrives as a hint.
+            since = time.monotonic()
+            last_sent = 0
+            while True:
+                snapshot = await reads.read(order_id, since)
+                if snapshot is None:
+                    return  # the order is gone
+                if snapshot.order.version > last_sent:
+                    last_sent = snapshot.order.version
+                    context.loaders = snapshot.loaders
+                    message = Order.from_model(snapshot.order)
+                    message.answers = snapshot.answers
+                    yield message
+                hint = await _news(hints, last_sent)
+                if hint is None:
+                    return  # dropped for reading too slowly: its socket is being closed
+                since = hint.received
+    finally:
+        metrics.ACTIVE_SUBSCRIPTIONS.dec()
 
 
 async def _news(hints: events.Subscription, last_sent: int) -> events.Hint | None:

@@ -10,10 +10,12 @@ delivers it again.
 from __future__ import annotations
 
 import logging
+import time
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ordergraph import logs, metrics
 from ordergraph.payments import RetryLater, apply_stripe_event
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import BadWebhook, MalformedStripeObject, parse_webhook
@@ -33,8 +35,20 @@ async def _read_body(request: Request) -> bytes | None:
 
 
 async def stripe_webhook(request: Request) -> Response:
+    """Each delivery is counted by event type and outcome, and timed."""
+    started = time.perf_counter()
+    labels = {"type": "unverified", "outcome": "bad_request"}
+    try:
+        return await _handle(request, labels)
+    finally:
+        metrics.WEBHOOK_EVENTS.labels(labels["type"], labels["outcome"]).inc()
+        metrics.WEBHOOK_SECONDS.labels(labels["type"]).observe(time.perf_counter() - started)
+
+
+async def _handle(request: Request, labels: dict[str, str]) -> Response:
     settings: Settings = request.app.state.settings
     if not settings.stripe_webhook_secret:
+        labels["outcome"] = "not_configured"
         log.error("a Stripe webhook arrived but STRIPE_WEBHOOK_SECRET is not set")
         return JSONResponse(
             {"error": "webhooks are not configured (STRIPE_WEBHOOK_SECRET)"}, status_code=503
@@ -49,16 +63,22 @@ async def stripe_webhook(request: Request) -> Response:
     except BadWebhook as exc:
         log.warning("refused a Stripe webhook: %s", exc)
         return JSONResponse({"error": str(exc)}, status_code=400)
+    labels["type"] = event["type"]
+    logs.bind_stripe_event(event["id"])
     try:
         outcome = await apply_stripe_event(event, request.app.state.services)
     except MalformedStripeObject as exc:
         log.warning("refused Stripe event %s (%s): %s", event["id"], event["type"], exc)
+        labels["outcome"] = "malformed"
         return JSONResponse({"error": f"malformed event: {exc}"}, status_code=400)
     except RetryLater as exc:
         log.info("stripe event %s (%s) must wait: %s", event["id"], event["type"], exc)
+        labels["outcome"] = "retry_later"
         return JSONResponse({"error": "not yet applicable; retry later"}, status_code=503)
     except Exception:
         log.exception("stripe event %s (%s) failed; Stripe will retry", event["id"], event["type"])
+        labels["outcome"] = "failed"
         return JSONResponse({"error": "temporary failure; retry later"}, status_code=500)
     log.info("stripe event %s (%s): %s", event["id"], event["type"], outcome)
+    labels["outcome"] = outcome.value
     return JSONResponse({"received": True, "outcome": outcome.value})

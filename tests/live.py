@@ -236,9 +236,10 @@ async def kill_postgres_listeners(dsn: str) -> int:
 class ServerProcess:
     """`ordergraph serve` in a process of its own, on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], name: str) -> None:
+    def __init__(self, env: dict[str, str], name: str, *args: str) -> None:
         self.env = {**os.environ, **env}
         self.name = name
+        self.args = args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.gettempdir()) / f"ordergraph-{name}-{self.port}.log"
@@ -255,6 +256,7 @@ class ServerProcess:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                *self.args,
                 env=self.env,
                 stdout=log,
                 stderr=log,

@@ -70,6 +70,23 @@ def test_schema_keeps_the_public_contract(tmp_path: Path) -> None:
         assert check.stdout.strip().endswith(("contract: kept", "gaps")), check.stdout
 
 
+def test_committed_schema_graphql_is_current() -> None:
+    """Frontends generate their types from `schema.graphql`: it must be what is served."""
+    committed = Path(__file__).resolve().parents[1] / "schema.graphql"
+    done = run("schema")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == committed.read_text(), (
+        "schema.graphql is stale: run `ordergraph schema > schema.graphql` and commit it"
+    )
+
+
+def test_bad_log_format_is_named() -> None:
+    done = run("schema", env={"LOG_FORMAT": "xml"})
+    assert done.returncode == 2
+    assert "LOG_FORMAT must be text or json" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_migrate_creates_the_schema_on_a_fresh_database(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path / 'fresh.sqlite3'}"
     first = run("migrate", env={"DATABASE_URL": url})

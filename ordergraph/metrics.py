@@ -1,0 +1,112 @@
+"""The service's Prometheus metrics, defined in this one place and served at `/metrics`.
+
+With several worker processes (`ordergraph serve --workers N`) each worker writes its numbers
+to files under `PROMETHEUS_MULTIPROC_DIR` (which `serve` sets before the workers start), and
+`/metrics` on any worker adds them up: a scrape sees the whole service, whichever worker
+answers it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+ORDER_TRANSITIONS = Counter(
+    "ordergraph_order_transitions",
+    "Order status changes committed, by the status before and after.",
+    ["from_status", "to_status"],
+)
+PAYMENT_TRANSITIONS = Counter(
+    "ordergraph_payment_transitions",
+    "Payment status changes committed, by the payment status before and after.",
+    ["from_status", "to_status"],
+)
+CHECKOUTS = Counter(
+    "ordergraph_checkouts",
+    "Checkout attempts, by outcome: created, or the error code that refused them.",
+    ["outcome"],
+)
+WEBHOOK_EVENTS = Counter(
+    "ordergraph_webhook_events",
+    "Stripe webhook deliveries, by event type and outcome.",
+    ["type", "outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "ordergraph_webhook_processing_seconds",
+    "Time to verify and apply one Stripe webhook delivery, by event type.",
+    ["type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+EMAILS = Counter(
+    "ordergraph_emails",
+    "Outbox sending attempts: sent, retried (failed, will be tried again) or dead (given up).",
+    ["outcome"],
+)
+ACTIVE_SUBSCRIPTIONS = Gauge(
+    "ordergraph_active_subscriptions",
+    "orderStatusChanged subscriptions being served now.",
+    multiprocess_mode="livesum",
+)
+STRIPE_SECONDS = Histogram(
+    "ordergraph_stripe_request_seconds",
+    "Latency of calls to Stripe (retries included), by operation and outcome.",
+    ["operation", "outcome"],
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+@contextmanager
+def stripe_call(operation: str) -> Iterator[None]:
+    """Times a call to Stripe; its outcome is `ok`, or the exception's class name."""
+    started = time.perf_counter()
+    outcome = "ok"
+    try:
+        yield
+    except BaseException as exc:
+        outcome = type(exc).__name__
+        raise
+    finally:
+        STRIPE_SECONDS.labels(operation, outcome).observe(time.perf_counter() - started)
+
+
+def is_multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROC_DIR_VARIABLE))
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text a scrape gets, and its content type."""
+    if is_multiprocess():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def authorized(expected_token: str | None, authorization: str | None) -> bool:
+    """`/metrics` is open unless METRICS_TOKEN is set; then it wants that bearer token."""
+    if expected_token is None:
+        return True
+    scheme, _, token = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), expected_token)
+
+
+def process_exiting() -> None:
+    """A worker that stops takes its live gauges with it (its counters stay in the sums)."""
+    if is_multiprocess():
+        multiprocess.mark_process_dead(os.getpid())
