@@ -115,6 +115,9 @@ async def change_order(
 
     Raises INVALID_TRANSITION, changing nothing, when a change is not in the tables, and
     OUT_OF_STOCK when an order that held nothing cannot take its units back.
+
+    Each change adds exactly one history row with its version, so clients can tell the newer of
+    two copies of an order by the length of its `history` (the reference success page does).
     """
     old_status, old_payment = order.status, order.payment_status
     new_status = status or old_status

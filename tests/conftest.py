@@ -58,8 +58,24 @@ TABLES = [
 ]
 
 
+# What tests leave for people to look at (the browser test's screenshot); not committed.
+OUTPUT_DIR = Path(__file__).resolve().parents[1] / "test-output"
+_SESSION_STARTED = time.time()
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"ordergraph test database: {BACKEND}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Names the files this run wrote to test-output/, so that they appear in CI's log."""
+    if not OUTPUT_DIR.is_dir():
+        return
+    written = sorted(
+        path for path in OUTPUT_DIR.iterdir() if path.stat().st_mtime >= _SESSION_STARTED
+    )
+    for path in written:
+        terminalreporter.write_line(f"test output: {path}")
 
 
 postgres_only = pytest.mark.skipif(
