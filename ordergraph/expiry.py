@@ -11,6 +11,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
+from ordergraph import logs
 from ordergraph.db import transaction
 from ordergraph.errors import BusinessError, ErrorCode, order_not_found
 from ordergraph.models import Order, OrderStatus, PaymentStatus
@@ -115,8 +116,9 @@ async def sweep_overdue_orders(services: PaymentServices, *, now: datetime | Non
             return settled
         for order in batch:
             seen.add(str(order.id))
-            if await reconcile_overdue(order, services) == Outcome.APPLIED:
-                settled += 1
+            with logs.about_order(str(order.id)):
+                if await reconcile_overdue(order, services) == Outcome.APPLIED:
+                    settled += 1
 
 
 class Sweeper:

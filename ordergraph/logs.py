@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import logging.config
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -30,8 +32,20 @@ _CONTEXT = (
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def bind_order(value: str | None) -> None:
+def bind_order(value: str) -> None:
+    """For a request's task: the order stays its subject until the request ends."""
     order_id.set(value)
+
+
+@contextmanager
+def about_order(value: str | None) -> Iterator[None]:
+    """For a long-lived task working through orders one by one (the sweeper, the mail
+    sender): the order is the subject of its lines only for the block."""
+    token = order_id.set(value)
+    try:
+        yield
+    finally:
+        order_id.reset(token)
 
 
 def bind_stripe_event(value: str) -> None:

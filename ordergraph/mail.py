@@ -135,11 +135,18 @@ class MailSender:
             return row
 
     async def send_one(self) -> bool:
-        """Send one due mail; False when none is due."""
+        """Send one due mail; False when none is due, or when it failed and will be retried."""
         row = await self._claim()
         if row is None:
             return False
-        logs.bind_order(str(row.order_id) if row.order_id else None)
+        with logs.about_order(str(row.order_id) if row.order_id else None):
+            return await self._send(row)
+
+    async def _send(self, row: OutboxEmail) -> bool:
+        """One attempt: SENT, or back to PENDING with backoff, or DEAD when it cannot go.
+
+        False after a failure worth retrying: the server is likely down, so this pass stops
+        rather than try every other due mail against it."""
         attempts = row.attempts + 1
         try:
             await self.deliver(row)

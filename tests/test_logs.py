@@ -7,10 +7,12 @@ import io
 import json
 import logging
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from ordergraph.expiry import sweep_overdue_orders
 from ordergraph.logs import ContextFilter, make_formatter
 from ordergraph.models import Order
 from tests.conftest import Harness
@@ -96,3 +98,24 @@ async def test_a_missing_or_unusable_request_id_is_replaced(
     headers = {"X-Request-ID": given} if given is not None else {}
     response = await app.http.get(f"{app.url}/healthz", headers=headers)
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-ID"])
+
+
+async def test_the_sweeper_names_each_order_only_while_it_works_on_it(app: Harness) -> None:
+    """A long-lived task goes through many orders: each line names the order it is about, and
+    a line after them names none (the id must not stick to the task)."""
+    tee = await make_product("TEE", stock=5)
+    first = await checked_out_order(app, app.token("ann"), tee)
+    second = await checked_out_order(app, app.token("bea"), tee)
+    for placed in (first, second):
+        await Order.filter(id=placed["orderId"]).update(
+            expires_at=datetime.now(UTC) - timedelta(hours=1)
+        )
+    with JsonCapture() as capture:
+        assert await sweep_overdue_orders(app.asgi.state.services) == 2
+        logging.getLogger("ordergraph.test").info("after the sweep")
+    lines = capture.lines()
+    for placed in (first, second):
+        changes = [line for line in lines if placed["orderId"] in line["message"]]
+        assert changes and all(line["order_id"] == placed["orderId"] for line in changes), lines
+    [after] = [line for line in lines if line["message"] == "after the sweep"]
+    assert "order_id" not in after
