@@ -159,6 +159,9 @@ async def checkout(
     except PaymentProviderError:
         metrics.CHECKOUTS.labels(ErrorCode.PAYMENT_PROVIDER_ERROR.value.lower()).inc()
         raise
+    except BaseException:
+        metrics.CHECKOUTS.labels("error").inc()
+        raise
     metrics.CHECKOUTS.labels("created").inc()
     return result
 

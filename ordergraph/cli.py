@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shutil
 import sys
@@ -36,24 +37,25 @@ def cmd_serve(args: argparse.Namespace) -> None:
         return
     settings = _settings()
     if args.workers > 1 and settings.events_url.startswith("memory:"):
-        print(
-            "ordergraph: warning: with EVENTS_URL=memory:// a subscriber hears only of changes "
-            "made by its own worker; set EVENTS_URL to postgres://... or redis://...",
-            file=sys.stderr,
+        logging.getLogger("ordergraph.cli").warning(
+            "with EVENTS_URL=memory:// a subscriber hears only of changes made by its own "
+            "worker; set EVENTS_URL to postgres://... or redis://..."
         )
     _migrate(settings.database_url)
-    from ordergraph.metrics import MULTIPROC_DIR_VARIABLE
+    from ordergraph.metrics import MULTIPROC_DIR_VARIABLE, start_multiprocess_dir
 
-    metrics_dir = None
-    if args.workers > 1 and not os.environ.get(MULTIPROC_DIR_VARIABLE):
+    made_dir = None
+    if settings.metrics_dir is not None:
+        start_multiprocess_dir(settings.metrics_dir)
+    elif args.workers > 1:
         # Each worker keeps its metrics in files here; /metrics on any worker adds them up.
-        metrics_dir = tempfile.mkdtemp(prefix="ordergraph-metrics-")
-        os.environ[MULTIPROC_DIR_VARIABLE] = metrics_dir
+        made_dir = tempfile.mkdtemp(prefix="ordergraph-metrics-")
+        os.environ[MULTIPROC_DIR_VARIABLE] = made_dir
     try:
         _run_uvicorn(args, settings)
     finally:
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        if made_dir is not None:
+            shutil.rmtree(made_dir, ignore_errors=True)
 
 
 def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
@@ -75,13 +77,18 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    import logging
-
     from ordergraph.demo_purchase import run_purchase_demo
 
     # The timeline is the output; the service's own INFO lines would bury it.
     logging.getLogger().setLevel(logging.WARNING)
-    raise SystemExit(asyncio.run(run_purchase_demo()))
+    try:
+        status = asyncio.run(run_purchase_demo())
+    except SystemExit:  # uvicorn's answer to an app that fails to start: its errors are above
+        print(
+            "\ndemo FAILED at step 0 (start the stack): the service did not start", file=sys.stderr
+        )
+        status = 1
+    raise SystemExit(status)
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:

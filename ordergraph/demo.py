@@ -117,7 +117,9 @@ def _print_mail(message: EmailMessage) -> None:
 
 
 def _demo_environment(host: str, port: int) -> None:
-    base = f"http://{host}:{port}"
+    # A browser on this machine may call it by either name (and never by a wildcard address).
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    origins = {f"http://{name}:{port}" for name in (local, "127.0.0.1", "localhost")}
     defaults = {
         "JWT_SECRET": "demo-only-" + secrets.token_hex(16),
         "STRIPE_SECRET_KEY": "sk_test_demo",
@@ -127,7 +129,8 @@ def _demo_environment(host: str, port: int) -> None:
         "SMTP_PORT": str(SMTP_PORT),
         "DEBUG": "true",
         # Stripe sends the shopper back to the reference success page this server serves.
-        "FRONTEND_URL": base,
+        "FRONTEND_URL": f"http://{local}:{port}",
+        "ALLOWED_ORIGINS": ",".join(sorted(origins)),
         "SUCCESS_PAGE": "true",
     }
     for name, value in defaults.items():

@@ -39,6 +39,7 @@ from ordergraph.settings import Settings
 from ordergraph.stripe_emulator import StripeEmulator
 
 WAIT_SECONDS = 10.0
+SHOPPER_EMAIL = "shopper@example.com"
 
 ORDER_FIELDS = """
   id status paymentStatus total { amount currency }
@@ -234,14 +235,14 @@ class Timeline:
         try:
             detail = await action()
         except StepFailed as exc:
-            self._line(began, f"{title}: FAILED")
+            self.line(began, f"{title}: FAILED")
             raise StepFailed(f"step {self.steps} ({title}): {exc}") from None
         except Exception as exc:
-            self._line(began, f"{title}: FAILED")
+            self.line(began, f"{title}: FAILED")
             raise StepFailed(f"step {self.steps} ({title}): {type(exc).__name__}: {exc}") from exc
-        self._line(began, f"{title}: {detail}")
+        self.line(began, f"{title}: {detail}")
 
-    def _line(self, began: float, text: str) -> None:
+    def line(self, began: float, text: str) -> None:
         now = time.perf_counter()
         print(
             f"{now - self.started:7.3f}s  {self.steps:>2}  {(now - began) * 1000:8.1f} ms  "
@@ -259,7 +260,7 @@ async def purchase(stack: Stack, timeline: Timeline) -> dict[str, Any]:
 
     async def mint_tokens() -> str:
         secret = stack.settings.jwt_secret
-        tokens["shopper"] = issue_token(secret, "demo-shopper", "shopper@example.com")
+        tokens["shopper"] = issue_token(secret, "demo-shopper", SHOPPER_EMAIL)
         tokens["staff"] = issue_token(secret, "demo-staff", "staff@example.com", staff=True)
         return "HS256 bearer tokens for shopper@example.com and staff@example.com"
 
@@ -317,7 +318,12 @@ async def purchase(stack: Stack, timeline: Timeline) -> dict[str, Any]:
                 raise StepFailed(f"the emulator answered {response.status_code}: {response.text}")
             state["paid_at"] = time.perf_counter()
             webhook = response.json()
-            return f"signed webhook {webhook['event']['type']} answered {webhook['webhook_status']}"
+            if webhook["webhook_status"] != 200:
+                raise StepFailed(
+                    f"the service answered the webhook with {webhook['webhook_status']}: "
+                    f"{webhook['webhook_body']}"
+                )
+            return f"signed webhook {webhook['event']['type']} answered 200"
 
         async def live_confirmation() -> str:
             arrived, order = await state["follower"].until("PAYMENT_CONFIRMED")
@@ -331,7 +337,7 @@ async def purchase(stack: Stack, timeline: Timeline) -> dict[str, Any]:
             )
 
         async def receipt() -> str:
-            arrived, message = await _next_mail(stack)
+            arrived, message = await _next_mail(stack, "receipt")
             summary["mail"].append(message["Subject"])
             delay = (arrived - state["paid_at"]) * 1000
             return f"{delay:.1f} ms after the payment, to {message['To']}: {message['Subject']!r}"
@@ -373,12 +379,15 @@ async def purchase(stack: Stack, timeline: Timeline) -> dict[str, Any]:
     return {**summary, **state, "elapsed": timeline.elapsed()}
 
 
-async def _next_mail(stack: Stack) -> tuple[float, EmailMessage]:
-    """The next mail the sink received, and when."""
+async def _next_mail(stack: Stack, subject_has: str = "") -> tuple[float, EmailMessage]:
+    """The next mail the sink received, and when; it must be the shopper's."""
     try:
-        return await asyncio.wait_for(stack.mail.get(), WAIT_SECONDS)
+        arrived, message = await asyncio.wait_for(stack.mail.get(), WAIT_SECONDS)
     except TimeoutError:
         raise StepFailed(f"no mail arrived in {WAIT_SECONDS:.0f} s") from None
+    if message["To"] != SHOPPER_EMAIL or subject_has not in message["Subject"]:
+        raise StepFailed(f"unexpected mail to {message['To']}: {message['Subject']!r}")
+    return arrived, message
 
 
 async def run_purchase_demo() -> int:
@@ -390,8 +399,12 @@ async def run_purchase_demo() -> int:
     print(f"{'at':>8}  {'#':>2}  {'took':>11}  {'order status/payment':<24}  step")
     timeline = Timeline()
     try:
-        async with demo_stack() as stack:
-            timeline._line(timeline.started, f"stack up: GraphQL at {stack.url}/graphql")
+        async with AsyncExitStack() as exits:
+            try:
+                stack = await exits.enter_async_context(demo_stack())
+            except Exception as exc:
+                raise StepFailed(f"step 0 (start the stack): {type(exc).__name__}: {exc}") from exc
+            timeline.line(timeline.started, f"stack up: GraphQL at {stack.url}/graphql")
             result = await purchase(stack, timeline)
     except StepFailed as exc:
         print(f"\ndemo FAILED after {timeline.elapsed():.2f} s at {exc}", file=sys.stderr)

@@ -1,18 +1,21 @@
 """The service's Prometheus metrics, defined in this one place and served at `/metrics`.
 
 With several worker processes (`ordergraph serve --workers N`) each worker writes its numbers
-to files under `PROMETHEUS_MULTIPROC_DIR` (which `serve` sets before the workers start), and
-`/metrics` on any worker adds them up: a scrape sees the whole service, whichever worker
-answers it.
+to files under `PROMETHEUS_MULTIPROC_DIR`, and `/metrics` on any worker adds them up: a scrape
+sees the whole service, whichever worker answers it. prometheus_client reads that variable when
+it is first imported; `serve` sets it before uvicorn spawns the workers (fresh interpreters),
+and Settings checks that it names a directory.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -85,28 +88,60 @@ def stripe_call(operation: str) -> Iterator[None]:
         STRIPE_SECONDS.labels(operation, outcome).observe(time.perf_counter() - started)
 
 
-def is_multiprocess() -> bool:
-    return bool(os.environ.get(MULTIPROC_DIR_VARIABLE))
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def _multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_DIR_VARIABLE) or None
+
+
+def start_multiprocess_dir(directory: str) -> None:
+    """Before the workers start: numbers left by an earlier run of the service would be
+    added to this run's (a reused pid would even take over a dead worker's gauge)."""
+    for path in Path(directory).glob("*.db"):
+        path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def forget_dead_workers(directory: str) -> None:
+    """A worker killed without a clean shutdown (uvicorn's supervisor restarts it under a new
+    pid) leaves its live gauges behind; they no longer count once it is gone."""
+    for path in Path(directory).iterdir():
+        match = _LIVE_GAUGE_FILE.fullmatch(path.name)
+        if match and not _alive(int(match.group(1))):
+            multiprocess.mark_process_dead(int(match.group(1)), directory)
 
 
 def exposition() -> tuple[bytes, str]:
     """The text a scrape gets, and its content type."""
-    if is_multiprocess():
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    directory = _multiprocess_dir()
+    if directory is None:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    forget_dead_workers(directory)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, directory)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def authorized(expected_token: str | None, authorization: str | None) -> bool:
-    """`/metrics` is open unless METRICS_TOKEN is set; then it wants that bearer token."""
-    if expected_token is None:
-        return True
+def authorized(expected_token: str, authorization: str | None) -> bool:
+    """Whether the request carries METRICS_TOKEN as its bearer token."""
     scheme, _, token = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), expected_token)
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), expected_token.encode()
+    )
 
 
 def process_exiting() -> None:
     """A worker that stops takes its live gauges with it (its counters stay in the sums)."""
-    if is_multiprocess():
-        multiprocess.mark_process_dead(os.getpid())
+    directory = _multiprocess_dir()
+    if directory is not None:
+        multiprocess.mark_process_dead(os.getpid(), directory)

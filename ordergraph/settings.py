@@ -84,6 +84,8 @@ class Settings:
     log_format: str = "text"
     success_page: bool = False
     metrics_token: str | None = field(default=None, repr=False)
+    # prometheus_client's own variable (it reads it itself); checked here all the same.
+    metrics_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +114,11 @@ class Settings:
                 f"not {events_url!r}"
             )
         log_format = log_format_from_env(env)
+        metrics_dir = get("PROMETHEUS_MULTIPROC_DIR")
+        if metrics_dir is not None and not os.path.isdir(metrics_dir):
+            raise SettingsError(
+                f"PROMETHEUS_MULTIPROC_DIR must be an existing directory, not {metrics_dir!r}"
+            )
         currency = (get("SHOP_CURRENCY") or cls.shop_currency).upper()
         if len(currency) != 3 or not currency.isalpha():
             raise SettingsError(f"SHOP_CURRENCY must be an ISO 4217 code, not {currency!r}")
@@ -174,4 +181,5 @@ class Settings:
             log_format=log_format,
             success_page=_bool("SUCCESS_PAGE", get("SUCCESS_PAGE") or "false"),
             metrics_token=get("METRICS_TOKEN"),
+            metrics_dir=metrics_dir,
         )

@@ -27,7 +27,7 @@ from strawberry.types import Info
 from strawberry.types.graphql import OperationType
 from tortoise.transactions import in_transaction
 
-from ordergraph import events, metrics, resolvers
+from ordergraph import events, logs, metrics, resolvers
 from ordergraph.context import Context
 from ordergraph.db import is_postgres
 from ordergraph.errors import ErrorCode
@@ -104,6 +104,8 @@ class OrderReads:
     async def _read(order_id: str) -> Snapshot | None:
         """The order, its lines and its history as of one moment, so that a message never
         pairs a status with a history that has already moved on."""
+        # Shared by many subscribers: the one whose request started it is not its subject.
+        logs.request_id.set(None)
         loaders = Loaders()
         async with in_transaction() as connection:
             if is_postgres(connection):

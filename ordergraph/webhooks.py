@@ -64,6 +64,7 @@ async def _handle(request: Request, labels: dict[str, str]) -> Response:
         log.warning("refused a Stripe webhook: %s", exc)
         return JSONResponse({"error": str(exc)}, status_code=400)
     labels["type"] = event["type"]
+    labels["outcome"] = "failed"  # until it is known how the event ended
     logs.bind_stripe_event(event["id"])
     try:
         outcome = await apply_stripe_event(event, request.app.state.services)
@@ -77,7 +78,6 @@ async def _handle(request: Request, labels: dict[str, str]) -> Response:
         return JSONResponse({"error": "not yet applicable; retry later"}, status_code=503)
     except Exception:
         log.exception("stripe event %s (%s) failed; Stripe will retry", event["id"], event["type"])
-        labels["outcome"] = "failed"
         return JSONResponse({"error": "temporary failure; retry later"}, status_code=500)
     log.info("stripe event %s (%s): %s", event["id"], event["type"], outcome)
     labels["outcome"] = outcome.value

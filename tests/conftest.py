@@ -41,6 +41,7 @@ from ordergraph.stripe_emulator import StripeEmulator
 
 JWT_SECRET = "test-secret-" + "x" * 32
 WEBHOOK_SECRET = "whsec_test_" + secrets.token_hex(16)
+METRICS_TOKEN = "metrics-" + secrets.token_hex(8)
 PG_ADMIN_DSN = os.environ.get("ORDERGRAPH_TEST_PG", "postgres://root@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BACKEND = os.environ.get("ORDERGRAPH_TEST_DB", "sqlite")
@@ -278,6 +279,7 @@ def service_env(
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(smtp_port),
         "MAIL_FROM": "orders@shop.test",
+        "METRICS_TOKEN": METRICS_TOKEN,
         **overrides,
     }
 

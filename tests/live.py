@@ -58,11 +58,18 @@ class Follower:
     """A `gql` client following one order over one protocol; its messages are collected in
     the background so that a test can wait for them one by one."""
 
-    def __init__(self, url: str, token: str | None, order_id: str, protocol: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        order_id: str,
+        protocol: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         payload = {"authorization": f"Bearer {token}"} if token else {}
         self.client = Client(
             transport=WebsocketsTransport(
-                url=ws_url(url), init_payload=payload, subprotocols=[protocol]
+                url=ws_url(url), init_payload=payload, subprotocols=[protocol], headers=headers
             )
         )
         self.request = GraphQLRequest(SUBSCRIBE, variable_values={"id": order_id})

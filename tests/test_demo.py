@@ -60,3 +60,15 @@ def test_a_failing_step_stops_the_demo_with_a_non_zero_exit() -> None:
     assert "demo FAILED" in done.stderr and "step 4 (checkout)" in done.stderr
     assert "noSuchField" in done.stderr
     assert "demo passed" not in done.stdout
+
+
+def test_a_stack_that_cannot_start_is_a_failed_step_not_a_traceback() -> None:
+    done = demo(
+        "import ordergraph.demo_purchase as d\n"
+        "async def broken(settings): raise RuntimeError('disk full')\n"
+        "d.seed_catalogue = broken\n"
+        "from ordergraph.cli import main; main(['demo'])"
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "step 0 (start the stack): RuntimeError: disk full" in done.stderr
+    assert "Traceback" not in done.stderr

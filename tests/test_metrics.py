@@ -6,21 +6,28 @@ Each test reads the numbers before and after, since the counters live as long as
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ordergraph.models import Order
-from tests.conftest import Harness, Mailbox
+from tests.conftest import METRICS_TOKEN, Harness, Mailbox
 from tests.helpers import CHECKOUT, checked_out_order, make_product
 from tests.live import TRANSPORT_WS, Follower, eventually
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-async def scrape(app: Harness, **headers: str) -> Samples:
-    response = await app.http.get(f"{app.url}/metrics", headers=headers)
+async def scrape(app: Harness) -> Samples:
+    response = await app.http.get(
+        f"{app.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     return {
@@ -38,8 +45,20 @@ def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
 
 
+async def quiet(app: Harness) -> Samples:
+    """The numbers once no subscription of an earlier test is still being closed."""
+
+    async def no_subscriptions() -> Samples | None:
+        samples = await scrape(app)
+        return samples if value(samples, "ordergraph_active_subscriptions") == 0 else None
+
+    samples = await eventually(no_subscriptions)
+    assert samples is not None, "subscriptions of earlier tests never closed"
+    return samples
+
+
 async def test_a_paid_order_moves_every_counter(app: Harness, mailbox: Mailbox) -> None:
-    before = await scrape(app)
+    before = await quiet(app)
     tee = await make_product("TEE", stock=5)
     token = app.token("meg")
     payload = await checked_out_order(app, token, tee, 2)
@@ -50,7 +69,7 @@ async def test_a_paid_order_moves_every_counter(app: Harness, mailbox: Mailbox) 
     async with Follower(app.url, token, order_id, TRANSPORT_WS) as follower:
         await follower.next()
         during = await scrape(app)
-        assert moved(before, during, "ordergraph_active_subscriptions") == 1
+        assert value(during, "ordergraph_active_subscriptions") == 1
 
         order = await Order.get(id=order_id)
         assert order.stripe_checkout_session_id
@@ -133,16 +152,77 @@ async def test_refusals_and_failures_are_counted_by_outcome(app: Harness) -> Non
     assert errors and sum(moved(before, after, k[0], **dict(k[1])) for k in errors) == 1
 
 
-async def test_metrics_token_guards_the_endpoint(app: Harness) -> None:
-    """With METRICS_TOKEN set, a scrape needs it; without the setting the endpoint is open."""
+@pytest.mark.parametrize(
+    ("token", "debug", "sent", "status"),
+    [
+        ("scrape-secret", False, None, 401),
+        ("scrape-secret", False, "Bearer nope", 401),
+        ("scrape-secret", False, "Bearer café", 401),
+        ("scrape-secret", False, "Basic scrape-secret", 401),
+        ("scrape-secret", False, "Bearer scrape-secret", 200),
+        (None, False, None, 403),
+        (None, False, "Bearer anything", 403),
+        (None, True, None, 200),
+    ],
+)
+async def test_who_may_scrape(
+    app: Harness, token: str | None, debug: bool, sent: str | None, status: int
+) -> None:
+    """With METRICS_TOKEN a scrape needs it; without, only DEBUG (the demo) serves metrics."""
     settings = app.asgi.state.settings
-    app.asgi.state.settings = replace(settings, metrics_token="scrape-secret")
+    app.asgi.state.settings = replace(settings, metrics_token=token, debug=debug)
     try:
-        refused = await app.http.get(f"{app.url}/metrics")
-        assert refused.status_code == 401
-        wrong = await app.http.get(f"{app.url}/metrics", headers={"Authorization": "Bearer nope"})
-        assert wrong.status_code == 401
-        samples = await scrape(app, Authorization="Bearer scrape-secret")
-        assert ("ordergraph_active_subscriptions", frozenset()) in samples
+        headers = {"Authorization": sent.encode()} if sent is not None else {}
+        response = await app.http.get(f"{app.url}/metrics", headers=headers)
     finally:
         app.asgi.state.settings = settings
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert "ordergraph_active_subscriptions " in response.text
+    else:
+        assert "ordergraph_" not in response.text and "METRICS_TOKEN" in response.text
+
+
+def test_a_killed_worker_keeps_its_counts_but_not_its_subscriptions(tmp_path: Path) -> None:
+    """uvicorn's supervisor replaces a worker that died without a shutdown: what it counted
+    still happened, but the subscriptions it held are gone with it."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from ordergraph import metrics; import time\n"
+            "metrics.ACTIVE_SUBSCRIPTIONS.inc(3); metrics.CHECKOUTS.labels('created').inc()\n"
+            "print('counted', flush=True); time.sleep(120)",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def scraped() -> str:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from ordergraph import metrics\nprint(metrics.exposition()[0].decode())",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    try:
+        assert worker.stdout is not None and worker.stdout.readline() == "counted\n"
+        alive = scraped()
+        assert "ordergraph_active_subscriptions 3.0" in alive
+        assert 'ordergraph_checkouts_total{outcome="created"} 1.0' in alive
+    finally:
+        worker.kill()
+        worker.wait()
+    dead = scraped()
+    assert "ordergraph_active_subscriptions 0.0" in dead
+    assert 'ordergraph_checkouts_total{outcome="created"} 1.0' in dead

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ordergraph.models import Order
-from tests.conftest import BACKEND, Harness, Mailbox, SmtpServer, service_env
+from tests.conftest import BACKEND, METRICS_TOKEN, Harness, Mailbox, SmtpServer, service_env
 from tests.helpers import checked_out_order, make_product
 from tests.live import TRANSPORT_WS, Follower, ServerProcess, eventually, redis_events_url, unique
 
@@ -65,17 +66,26 @@ def log_lines(server: ServerProcess) -> list[dict[str, Any]]:
     return parsed
 
 
-def worker_of(server: ServerProcess, request_id: str) -> int | None:
-    """The worker process that answered a request, from its access-log line."""
-    for line in log_lines(server):
-        if line.get("request_id") == request_id and line.get("logger") == "uvicorn.access":
-            return int(line["process"])
-    return None
+async def worker_of(server: ServerProcess, request_id: str) -> int:
+    """The worker process that took a request or a WebSocket, from its log lines."""
+
+    async def logged() -> int | None:
+        for line in log_lines(server):
+            if line.get("request_id") == request_id:
+                return int(line["process"])
+        return None
+
+    worker = await eventually(logged, timeout=5)
+    assert worker is not None, f"no log line names {request_id}"
+    return int(worker)
 
 
 async def scrape(url: str, request_id: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     async with httpx.AsyncClient() as fresh:  # a new connection: any worker may accept it
-        response = await fresh.get(f"{url}/metrics", headers={"X-Request-ID": request_id})
+        response = await fresh.get(
+            f"{url}/metrics",
+            headers={"X-Request-ID": request_id, "Authorization": f"Bearer {METRICS_TOKEN}"},
+        )
     assert response.status_code == 200
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
@@ -100,14 +110,34 @@ async def test_two_workers_serve_one_purchase(
     order = await Order.get(id=order_id)
     assert order.stripe_checkout_session_id
 
-    app.emulator.webhook_url = f"{service.url}/webhooks/stripe"
-    async with Follower(service.url, token, order_id, TRANSPORT_WS) as follower:
-        assert (await follower.next())["status"] == "PENDING_PAYMENT"
+    # One subscriber on each worker: whichever takes the webhook, the other hears of it only
+    # through Redis.
+    followers: dict[int, Follower] = {}
+    async with AsyncExitStack() as stack:
+        for attempt in range(40):
+            request_id = f"ws-{attempt}"
+            follower = await stack.enter_async_context(
+                Follower(service.url, token, order_id, TRANSPORT_WS, {"X-Request-ID": request_id})
+            )
+            assert (await follower.next())["status"] == "PENDING_PAYMENT"
+            followers.setdefault(await worker_of(service, request_id), follower)
+            if len(followers) == 2:
+                break
+        assert len(followers) == 2, "40 WebSockets all reached one worker"
+        subscribed = await scrape(service.url, "scrape-while-subscribed")
+        assert subscribed[("ordergraph_active_subscriptions", frozenset())] == attempt + 1
+
+        app.emulator.webhook_url = f"{service.url}/webhooks/stripe"
         delivery = await app.emulator.complete_session(order.stripe_checkout_session_id)
         assert delivery.status_code == 200, delivery
-        await follower.until("PAYMENT_CONFIRMED")
-        subscribed = await scrape(service.url, "scrape-while-subscribed")
-        assert subscribed[("ordergraph_active_subscriptions", frozenset())] == 1
+        for follower in followers.values():
+            await follower.until("PAYMENT_CONFIRMED")
+
+    async def unsubscribed() -> bool:
+        samples = await scrape(service.url, "scrape-after")
+        return samples[("ordergraph_active_subscriptions", frozenset())] == 0
+
+    assert await eventually(unsubscribed), "the closed subscriptions are still counted"
     messages = await mailbox.wait_for(1)
     assert [m["To"] for m in messages] == [f"{shopper}@example.com"]
 
@@ -126,13 +156,7 @@ async def test_two_workers_serve_one_purchase(
     for attempt in range(200):
         request_id = f"scrape-{attempt}"
         samples = await scrape(service.url, request_id)
-
-        async def answered(request_id: str = request_id) -> int | None:
-            return worker_of(service, request_id)
-
-        worker = await eventually(answered, timeout=5)
-        assert worker is not None, f"no access-log line for {request_id}"
-        answered_by[worker] = (samples[created], samples[confirmed])
+        answered_by[await worker_of(service, request_id)] = (samples[created], samples[confirmed])
         if len(answered_by) == 2:
             break
     assert len(answered_by) == 2, f"200 fresh connections all reached one worker: {answered_by}"

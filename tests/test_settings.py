@@ -22,6 +22,11 @@ def test_defaults_are_the_contracts() -> None:
     )
     assert settings.mail_from == "orders@localhost"
     assert settings.stripe_secret_key is None and settings.debug is False
+    assert (settings.log_format, settings.success_page, settings.metrics_token) == (
+        "text",
+        False,
+        None,
+    )
 
 
 def test_allowed_origins_default_to_the_frontend_origin() -> None:
@@ -42,6 +47,12 @@ def test_allowed_origins_default_to_the_frontend_origin() -> None:
         ({"JWT_SECRET": "s", "SMTP_PORT": "smtp"}, "SMTP_PORT"),
         ({"JWT_SECRET": "s", "SMTP_STARTTLS": "maybe"}, "SMTP_STARTTLS"),
         ({"JWT_SECRET": "s", "SHOP_CURRENCY": "dollars"}, "SHOP_CURRENCY"),
+        ({"JWT_SECRET": "s", "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"JWT_SECRET": "s", "SUCCESS_PAGE": "perhaps"}, "SUCCESS_PAGE"),
+        (
+            {"JWT_SECRET": "s", "PROMETHEUS_MULTIPROC_DIR": "/nonexistent/metrics"},
+            "PROMETHEUS_MULTIPROC_DIR",
+        ),
     ],
 )
 def test_a_bad_setting_is_named(env: dict[str, str], named: str) -> None:

@@ -287,6 +287,9 @@ async def test_after_a_lost_connection_the_first_message_brings_what_was_missed(
         delivery = await app.emulator.complete_session(order.stripe_checkout_session_id)
         assert delivery.status_code == 200, delivery.body  # applied by the harness's instance
         await shop.start()
+        # The page's next try may be up to 15 s away (backoff); a browser that regains its
+        # network says so, and the page tries at once.
+        await page.evaluate("window.dispatchEvent(new Event('online'))")
 
         await expect(status).to_have_text("PAYMENT_CONFIRMED", timeout=TIMEOUT_MS)
         await expect(live).to_have_text("live")
