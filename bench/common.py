@@ -26,6 +26,8 @@ from typing import Any
 import asyncpg
 import httpx
 
+from ordergraph.stripe_emulator import DEFAULT_SHIPPING
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PG_ADMIN_DSN = os.environ.get("ORDERGRAPH_BENCH_PG", "postgres://root@127.0.0.1:5432/test")
@@ -208,17 +210,7 @@ OUTBOX_COLUMNS = [
     "created_at",
     "sent_at",
 ]
-ADDRESS = json.dumps(
-    {
-        "name": "Jenny Rosen",
-        "line1": "510 Townsend St",
-        "line2": None,
-        "city": "San Francisco",
-        "state": "CA",
-        "postal_code": "94103",
-        "country": "US",
-    }
-)
+ADDRESS = json.dumps({"name": DEFAULT_SHIPPING["name"], **DEFAULT_SHIPPING["address"]})
 
 
 def make_orders(

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import asyncpg
 import httptools
@@ -118,6 +118,39 @@ class HttpConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+class Caller:
+    """One simulated client's connection: each request is timed into the recorder, judged by
+    `accept(status, body)`; a broken connection counts as an error and is opened again."""
+
+    def __init__(self, url: SplitResult) -> None:
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+        self.conn: HttpConnection | None = None
+
+    async def __aenter__(self) -> Caller:
+        self.conn = await HttpConnection.open(self.host, self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    async def call(
+        self, request: bytes, recorder: Recorder, accept: Callable[[int, bytes], bool]
+    ) -> bool:
+        """Whether an answer came (right or wrong); False after a broken connection."""
+        assert self.conn is not None
+        started = time.perf_counter()
+        try:
+            status, answer = await self.conn.request(request)
+        except (ConnectionError, OSError) as exc:
+            recorder.add(started, time.perf_counter(), False, repr(exc))
+            self.conn = await HttpConnection.open(self.host, self.port)
+            return False
+        finished = time.perf_counter()
+        recorder.add(started, finished, accept(status, answer), f"{status} {answer[:300]!r}")
+        return True
 
 
 def http_post(host: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:
@@ -263,23 +296,14 @@ async def run_checkout(spec: dict[str, Any]) -> dict[str, Any]:
             {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
         )
 
+        def placed(status: int, answer: bytes) -> bool:
+            return status == 200 and b'"orderId":"' in answer and b'"userErrors":[]' in answer
+
         async def loop(recorder: Recorder, running: Callable[[], bool]) -> None:
-            conn = await HttpConnection.open(url.hostname or "127.0.0.1", url.port or 80)
-            try:
+            async with Caller(url) as caller:
                 while running():
-                    started = time.perf_counter()
-                    try:
-                        status, answer = await conn.request(request)
-                    except (ConnectionError, OSError) as exc:
-                        recorder.add(started, time.perf_counter(), False, repr(exc))
-                        conn = await HttpConnection.open(url.hostname or "", url.port or 80)
-                        continue
-                    finished = time.perf_counter()
-                    ok = status == 200 and b'"orderId":"' in answer and b'"userErrors":[]' in answer
-                    recorder.add(started, finished, ok, f"{status} {answer[:300]!r}")
-                    await shoppers.refill(user)
-            finally:
-                conn.close()
+                    if await caller.call(request, recorder, placed):
+                        await shoppers.refill(user)
 
         return loop
 
@@ -460,9 +484,11 @@ async def run_webhook(spec: dict[str, Any]) -> dict[str, Any]:
     url = urlsplit(spec["url"])
     payloads = await webhook_pool(spec["database_url"], spec["pool"])
 
+    def applied(status: int, answer: bytes) -> bool:
+        return status == 200 and b'"applied"' in answer
+
     async def loop(recorder: Recorder, running: Callable[[], bool]) -> None:
-        conn = await HttpConnection.open(url.hostname or "127.0.0.1", url.port or 80)
-        try:
+        async with Caller(url) as caller:
             while running():
                 if not payloads:
                     recorder.exhausted_at = recorder.exhausted_at or time.perf_counter()
@@ -477,17 +503,7 @@ async def run_webhook(spec: dict[str, Any]) -> dict[str, Any]:
                         "Stripe-Signature": signature(payload),
                     },
                 )
-                started = time.perf_counter()
-                try:
-                    status, answer = await conn.request(request)
-                except (ConnectionError, OSError) as exc:
-                    recorder.add(started, time.perf_counter(), False, repr(exc))
-                    conn = await HttpConnection.open(url.hostname or "", url.port or 80)
-                    continue
-                ok = status == 200 and b'"applied"' in answer
-                recorder.add(started, time.perf_counter(), ok, f"{status} {answer[:300]!r}")
-        finally:
-            conn.close()
+                await caller.call(request, recorder, applied)
 
     return await drive([loop] * spec["concurrency"], spec["warmup"], spec["duration"])
 
@@ -653,27 +669,18 @@ async def run_read(spec: dict[str, Any], *, bare: bool) -> dict[str, Any]:
         )
     rng = random.Random(spec.get("seed", 1))
 
+    def whole_order(status: int, answer: bytes) -> bool:
+        return (
+            status == 200
+            and b'"errors"' not in answer
+            and b'"lines":[{' in answer
+            and b'"history":[{' in answer
+        )
+
     async def loop(recorder: Recorder, running: Callable[[], bool]) -> None:
-        conn = await HttpConnection.open(url.hostname or "127.0.0.1", url.port or 80)
-        try:
+        async with Caller(url) as caller:
             while running():
-                request = requests[rng.randrange(len(requests))]
-                started = time.perf_counter()
-                try:
-                    status, answer = await conn.request(request)
-                except (ConnectionError, OSError) as exc:
-                    recorder.add(started, time.perf_counter(), False, repr(exc))
-                    conn = await HttpConnection.open(url.hostname or "", url.port or 80)
-                    continue
-                ok = (
-                    status == 200
-                    and b'"errors"' not in answer
-                    and b'"lines":[{' in answer
-                    and b'"history":[{' in answer
-                )
-                recorder.add(started, time.perf_counter(), ok, f"{status} {answer[:300]!r}")
-        finally:
-            conn.close()
+                await caller.call(requests[rng.randrange(len(requests))], recorder, whole_order)
 
     return await drive([loop] * spec["concurrency"], spec["warmup"], spec["duration"])
 

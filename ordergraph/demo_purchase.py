@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 
@@ -77,7 +77,7 @@ class Stack:
     url: str
     emulator_url: str
     settings: Settings
-    mail: asyncio.Queue[tuple[float, EmailMessage]] = field(default_factory=asyncio.Queue)
+    mail: asyncio.Queue[tuple[float, EmailMessage]]  # each with when it arrived
 
 
 @asynccontextmanager

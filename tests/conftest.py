@@ -9,7 +9,6 @@ server fails the run instead of skipping it.
 from __future__ import annotations
 
 import asyncio
-import email.policy
 import os
 import secrets
 import socket
@@ -19,7 +18,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email import message_from_bytes
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from tortoise import Tortoise
 from ordergraph.app import create_app
 from ordergraph.auth import forget_known_users, issue_token
 from ordergraph.db import apply_migrations
+from ordergraph.demo import read_mail
 from ordergraph.models import OutboxEmail, OutboxStatus
 from ordergraph.settings import Settings
 from ordergraph.stripe_emulator import StripeEmulator
@@ -138,8 +137,7 @@ class Mailbox:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        message = message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
+        message = read_mail(envelope.content)
         message["X-Envelope-To"] = ",".join(envelope.rcpt_tos)
         self.messages.append(message)
         return "250 OK"
