@@ -43,7 +43,7 @@ from bench.common import (
 )
 from bench.subscriptions import CONNECT_BATCH, Subscriber
 from ordergraph.auth import issue_token
-from ordergraph.events_postgres import DEFAULT_CHANNEL
+from ordergraph.events.postgres import DEFAULT_CHANNEL
 
 SESSION_PREFIX = "cs_subs"
 

@@ -23,19 +23,19 @@ from tortoise.contrib.starlette import RegisterTortoise
 
 from ordergraph import events, metrics
 from ordergraph.auth import AuthError, identity_from_header
-from ordergraph.context import Context
 from ordergraph.db import tortoise_config
-from ordergraph.expiry import Sweeper
-from ordergraph.limits import BodySizeLimit
-from ordergraph.mail import MailSender
-from ordergraph.payments import PaymentServices
-from ordergraph.request_ids import RequestId
+from ordergraph.domain.expiry import Sweeper
+from ordergraph.domain.payments import PaymentServices
+from ordergraph.mail.sender import MailSender
+from ordergraph.resolvers.context import Context
 from ordergraph.schema import build_schema
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import StripeGateway
-from ordergraph.success_page import order_success_page
+from ordergraph.web.limits import BodySizeLimit
+from ordergraph.web.request_ids import RequestId
+from ordergraph.web.success_page import order_success_page
+from ordergraph.web.ws_protocols import LegacyWSHandler, TransportWSHandler
 from ordergraph.webhooks import stripe_webhook
-from ordergraph.ws_protocols import LegacyWSHandler, TransportWSHandler
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ def _migrate(database_url: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     if args.demo:
-        from ordergraph.demo import run_demo
+        from ordergraph.demo.stack import run_demo
 
         asyncio.run(run_demo(args.host, args.port))
         return
@@ -77,7 +77,7 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from ordergraph.demo_purchase import run_purchase_demo
+    from ordergraph.demo.purchase import run_purchase_demo
 
     # The timeline is the output; the service's own INFO lines would bury it.
     logging.getLogger().setLevel(logging.WARNING)
@@ -113,8 +113,8 @@ async def _expire_pending(settings: Settings) -> int:
 
     from ordergraph import events
     from ordergraph.db import tortoise_config
-    from ordergraph.expiry import sweep_overdue_orders
-    from ordergraph.payments import PaymentServices
+    from ordergraph.domain.expiry import sweep_overdue_orders
+    from ordergraph.domain.payments import PaymentServices
     from ordergraph.stripe_gateway import StripeGateway
 
     await Tortoise.init(config=tortoise_config(settings.database_url))

@@ -18,8 +18,8 @@ from strawberry.extensions import (
 )
 from strawberry.types import ExecutionContext
 
-from ordergraph import resolvers, subscriptions
-from ordergraph.graphql_types import (
+from ordergraph.resolvers import cart, catalog, emails, orders, subscriptions
+from ordergraph.resolvers.types import (
     Cart,
     CartPayload,
     CheckoutPayload,
@@ -36,64 +36,62 @@ from ordergraph.graphql_types import (
 
 @strawberry.type
 class Query:
-    products: ProductConnection = strawberry.field(resolver=resolvers.products)
-    product: Product | None = strawberry.field(resolver=resolvers.product)
+    products: ProductConnection = strawberry.field(resolver=catalog.products)
+    product: Product | None = strawberry.field(resolver=catalog.product)
     cart: Cart = strawberry.field(
-        resolver=resolvers.my_cart, description="The signed-in shopper's cart."
+        resolver=cart.my_cart, description="The signed-in shopper's cart."
     )
     order: Order | None = strawberry.field(
-        resolver=resolvers.order,
+        resolver=orders.order,
         description=(
             "An order of the signed-in shopper (any order for staff); "
             "null when absent or not theirs."
         ),
     )
-    my_orders: OrderConnection = strawberry.field(resolver=resolvers.my_orders)
-    orders: OrderConnection = strawberry.field(resolver=resolvers.orders, description="Staff only.")
+    my_orders: OrderConnection = strawberry.field(resolver=orders.my_orders)
+    orders: OrderConnection = strawberry.field(resolver=orders.orders, description="Staff only.")
     undelivered_emails: list[UndeliveredEmail] = strawberry.field(
-        resolver=resolvers.undelivered_emails,
+        resolver=emails.undelivered_emails,
         description="Staff only: mail that failed at least once and is not sent, newest first.",
     )
 
 
 @strawberry.type
 class Mutation:
-    add_to_cart: CartPayload = strawberry.mutation(resolver=resolvers.add_to_cart)
-    set_cart_quantity: CartPayload = strawberry.mutation(resolver=resolvers.set_cart_quantity)
-    remove_from_cart: CartPayload = strawberry.mutation(resolver=resolvers.remove_from_cart)
+    add_to_cart: CartPayload = strawberry.mutation(resolver=cart.add_to_cart)
+    set_cart_quantity: CartPayload = strawberry.mutation(resolver=cart.set_cart_quantity)
+    remove_from_cart: CartPayload = strawberry.mutation(resolver=cart.remove_from_cart)
     checkout: CheckoutPayload = strawberry.mutation(
-        resolver=resolvers.checkout,
+        resolver=cart.checkout,
         description=(
             "Creates the order (PENDING_PAYMENT), reserves stock, clears the cart, "
             "opens a Stripe Checkout Session."
         ),
     )
     cancel_order: OrderPayload = strawberry.mutation(
-        resolver=resolvers.cancel_order,
+        resolver=orders.cancel_order,
         description=(
             "Shopper cancels an unpaid order: the Stripe session is expired and the stock released."
         ),
     )
     sync_order_payment: OrderPayload = strawberry.mutation(
-        resolver=resolvers.sync_order_payment,
+        resolver=orders.sync_order_payment,
         description=(
             "Asks Stripe for the order's Checkout Session and applies a completed payment at once "
             "(for the success page)."
         ),
     )
     upsert_product: ProductPayload = strawberry.mutation(
-        resolver=resolvers.upsert_product, description="Staff only from here on."
+        resolver=catalog.upsert_product, description="Staff only from here on."
     )
     mark_order_awaiting_shipment: OrderPayload = strawberry.mutation(
-        resolver=resolvers.mark_order_awaiting_shipment
+        resolver=orders.mark_order_awaiting_shipment
     )
-    mark_order_shipped: OrderPayload = strawberry.mutation(resolver=resolvers.mark_order_shipped)
-    mark_order_delivered: OrderPayload = strawberry.mutation(
-        resolver=resolvers.mark_order_delivered
-    )
-    refund_order: OrderPayload = strawberry.mutation(resolver=resolvers.refund_order)
+    mark_order_shipped: OrderPayload = strawberry.mutation(resolver=orders.mark_order_shipped)
+    mark_order_delivered: OrderPayload = strawberry.mutation(resolver=orders.mark_order_delivered)
+    refund_order: OrderPayload = strawberry.mutation(resolver=orders.refund_order)
     retry_email: EmailPayload = strawberry.mutation(
-        resolver=resolvers.retry_email, description="Staff only: try a DEAD mail again."
+        resolver=emails.retry_email, description="Staff only: try a DEAD mail again."
     )
 
 

@@ -33,7 +33,7 @@ from tortoise import Tortoise
 from ordergraph.app import create_app
 from ordergraph.auth import forget_known_users, issue_token
 from ordergraph.db import apply_migrations
-from ordergraph.demo import read_mail
+from ordergraph.demo.stack import read_mail
 from ordergraph.models import OutboxEmail, OutboxStatus
 from ordergraph.settings import Settings
 from ordergraph.stripe_emulator import StripeEmulator

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from ordergraph.expiry import sweep_overdue_orders
+from ordergraph.domain.expiry import sweep_overdue_orders
 from ordergraph.logs import ContextFilter, make_formatter
 from ordergraph.models import Order
 from tests.conftest import Harness
-from tests.helpers import checked_out_order, make_product
+from tests.utils.helpers import checked_out_order, make_product
 
 CANCEL = "mutation($id: ID!) { cancelOrder(orderId: $id) { order { status } userErrors { code } } }"
 

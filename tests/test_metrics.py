@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ordergraph.models import Order
 from tests.conftest import METRICS_TOKEN, Harness, Mailbox
-from tests.helpers import CHECKOUT, checked_out_order, make_product
-from tests.live import TRANSPORT_WS, Follower, eventually
+from tests.utils.helpers import CHECKOUT, checked_out_order, make_product
+from tests.utils.live import TRANSPORT_WS, Follower, eventually
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

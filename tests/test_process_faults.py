@@ -25,8 +25,8 @@ from tests.conftest import (
     postgres_only,
     scratch_database,
 )
-from tests.helpers import ADD_TO_CART, CHECKOUT
-from tests.live import ServerProcess, eventually
+from tests.utils.helpers import ADD_TO_CART, CHECKOUT
+from tests.utils.live import ServerProcess, eventually
 
 ORDER_STATUS = "query($id: ID!) { order(id: $id) { status paymentStatus } }"
 

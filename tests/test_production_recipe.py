@@ -20,8 +20,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ordergraph.models import Order
 from tests.conftest import BACKEND, METRICS_TOKEN, Harness, Mailbox, SmtpServer, service_env
-from tests.helpers import checked_out_order, make_product
-from tests.live import TRANSPORT_WS, Follower, ServerProcess, eventually, redis_events_url, unique
+from tests.utils.helpers import checked_out_order, make_product
+from tests.utils.live import (
+    TRANSPORT_WS,
+    Follower,
+    ServerProcess,
+    eventually,
+    redis_events_url,
+    unique,
+)
 
 __all__ = ["redis_events_url"]  # a fixture, used by name
 

@@ -16,7 +16,7 @@ from ordergraph.models import (
     User,
 )
 from tests.conftest import Harness, Mailbox, SmtpServer, postgres_only
-from tests.helpers import add_to_cart, checked_out_order, checkout, make_product, stock_of
+from tests.utils.helpers import add_to_cart, checked_out_order, checkout, make_product, stock_of
 
 UNDELIVERED = "{ undeliveredEmails { id recipient status attempts lastError orderId } }"
 RETRY = "mutation($id: ID!) { retryEmail(id: $id) { email { status } userErrors { code } } }"

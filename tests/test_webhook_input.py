@@ -23,8 +23,8 @@ import pytest
 
 from ordergraph.models import Order
 from tests.conftest import WEBHOOK_SECRET, Harness, Mailbox
-from tests.dbstate import snapshot
-from tests.helpers import checked_out_order, make_product
+from tests.utils.dbstate import snapshot
+from tests.utils.helpers import checked_out_order, make_product
 
 LIMIT = 256 * 1024
 LEAKS = ("Traceback", 'File "', "asyncpg", "sqlite3", "IntegrityError", "SELECT ", "INSERT ")

@@ -13,7 +13,7 @@ from ordergraph.models import (
     ProcessedStripeEvent,
 )
 from tests.conftest import Harness, Mailbox
-from tests.helpers import ORDER, checked_out_order, make_product, stock_of
+from tests.utils.helpers import ORDER, checked_out_order, make_product, stock_of
 
 SHIPPING = {
     "name": "Alice Liddell",

@@ -1,0 +1,58 @@
+"""The product catalogue: what can be bought, at what price, and how many are left."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
+from ordergraph.models import Product
+
+MAX_PRICE = 100_000_000  # one million in major units: a typo guard, not a business rule
+MAX_STOCK = 10_000_000
+
+
+@dataclass(frozen=True)
+class ProductDraft:
+    sku: str
+    name: str
+    description: str
+    price: int
+    stock: int
+
+
+def _validate(draft: ProductDraft) -> None:
+    problems = []
+    if not draft.sku.strip() or len(draft.sku) > 64:
+        problems.append(("sku", "SKU must be 1 to 64 characters"))
+    if not draft.name.strip() or len(draft.name) > 200:
+        problems.append(("name", "Name must be 1 to 200 characters"))
+    if len(draft.description) > 10_000:
+        problems.append(("description", "Description must be at most 10,000 characters"))
+    if not 0 <= draft.price <= MAX_PRICE:
+        problems.append(("price", f"Price must be between 0 and {MAX_PRICE} minor units"))
+    if not 0 <= draft.stock <= MAX_STOCK:
+        problems.append(("stock", f"Stock must be between 0 and {MAX_STOCK}"))
+    for name in ("sku", "name", "description"):
+        if "\x00" in getattr(draft, name):
+            problems.append((name, "Text cannot contain NUL characters"))
+    if problems:
+        raise BusinessError(
+            *(Problem(ErrorCode.INVALID_INPUT, msg, field=("input", f)) for f, msg in problems)
+        )
+
+
+async def upsert_product(draft: ProductDraft) -> Product:
+    """Create the product with this SKU, or update it; `stock` is the new reservable count."""
+    _validate(draft)
+    values = {
+        "name": draft.name.strip(),
+        "description": draft.description,
+        "price": draft.price,
+        "stock": draft.stock,
+        "active": True,
+    }
+    product, created = await Product.get_or_create(sku=draft.sku.strip(), defaults=values)
+    if not created:
+        await Product.filter(id=product.id).update(**values)
+        await product.refresh_from_db()
+    return product

@@ -1,0 +1,197 @@
+"""Checkout: the cart becomes an order before payment, then Stripe is asked to take the money.
+
+The order, its lines, the stock it holds and the emptied cart commit together or not at all.
+Stripe is called only after that commit (a slow Stripe must not hold row locks); if the call
+fails the order is cancelled, its stock released and its lines put back in the cart, again in
+one transaction, so a failed checkout leaves everything as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from tortoise.expressions import F
+
+from ordergraph import logs, metrics
+from ordergraph.db import transaction
+from ordergraph.db.sql import fetch
+from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
+from ordergraph.domain.inventory import reserve_stock
+from ordergraph.domain.order_state import change_order, lock_order
+from ordergraph.models import (
+    CartItem,
+    Order,
+    OrderItem,
+    OrderStatus,
+    OrderStatusChange,
+    PaymentStatus,
+)
+from ordergraph.settings import Settings
+from ordergraph.stripe_gateway import (
+    CheckoutSessionRequest,
+    PaymentProviderError,
+    SessionLine,
+    StripeGateway,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckoutResult:
+    order: Order
+    client_secret: str
+
+
+def return_url(settings: Settings, order_id: str) -> str:
+    return f"{settings.frontend_url}/order-success/{order_id}?session_id={{CHECKOUT_SESSION_ID}}"
+
+
+def checkout_ttl(settings: Settings) -> timedelta:
+    """How long the order holds its stock and its session stays payable.
+
+    Stripe measures its 30-minute minimum and 24-hour maximum from its own clock when the
+    session is created, a moment after the order; one minute of margin keeps both ends valid.
+    """
+    return timedelta(minutes=min(max(settings.checkout_ttl_minutes, 31), 1439))
+
+
+async def place_order(user_id: str, settings: Settings) -> tuple[Order, list[OrderItem]]:
+    """Turn the cart into a PENDING_PAYMENT order holding its stock, in one transaction."""
+    async with transaction() as connection:
+        # Claiming the cart by deleting it: a second, concurrent checkout of the same cart
+        # waits for these rows, then finds none. A rollback puts them back.
+        cart = await fetch(
+            connection,
+            "DELETE FROM cart_items WHERE user_id = ? RETURNING product_id, quantity",
+            user_id,
+        )
+        if not cart:
+            raise BusinessError.of(ErrorCode.CART_EMPTY, "Your cart is empty")
+        quantities = {str(row["product_id"]): row["quantity"] for row in cart}
+        bad = [pid for pid, qty in quantities.items() if qty < 1]
+        if bad:
+            raise BusinessError(
+                *(
+                    Problem(ErrorCode.INVALID_INPUT, "Quantity must be positive", product_id=p)
+                    for p in bad
+                )
+            )
+        products = await reserve_stock(quantities.items())
+        total = sum(products[pid].price * qty for pid, qty in quantities.items())
+        now = datetime.now(UTC)
+        order = await Order.create(
+            user_id=user_id,
+            status=OrderStatus.PENDING_PAYMENT,
+            payment_status=PaymentStatus.PENDING,
+            currency=settings.shop_currency,
+            total=total,
+            expires_at=now + checkout_ttl(settings),
+        )
+        items = [
+            OrderItem(
+                order_id=order.id,
+                product_id=pid,
+                product_name=products[pid].name,
+                unit_price=products[pid].price,
+                quantity=qty,
+            )
+            for pid, qty in quantities.items()
+        ]
+        await OrderItem.bulk_create(items)
+        await OrderStatusChange.create(
+            order_id=order.id,
+            status=order.status,
+            payment_status=order.payment_status,
+            reason="checkout",
+            actor=f"user:{user_id}",
+        )
+    return order, items
+
+
+async def undo_checkout(order_id: str, reason: str) -> None:
+    """Cancel an order whose payment could not be started and put its lines back in the cart."""
+    async with transaction():
+        order = await lock_order(order_id)
+        if order is None or order.status != OrderStatus.PENDING_PAYMENT:
+            return
+        await change_order(
+            order,
+            status=OrderStatus.CANCELLED,
+            payment_status=PaymentStatus.FAILED,
+            reason=reason,
+            actor="system",
+        )
+        for item in await OrderItem.filter(order_id=order_id):
+            restored = await CartItem.filter(
+                user_id=order.user_id, product_id=item.product_id
+            ).update(quantity=F("quantity") + item.quantity)
+            if not restored:
+                await CartItem.create(
+                    user_id=order.user_id, product_id=item.product_id, quantity=item.quantity
+                )
+
+
+async def check_rate(user_id: str, settings: Settings) -> None:
+    """A few checkouts a minute per shopper, so that a script cannot hold the whole stock in
+    unpaid orders. Counted from the orders table, so it holds across processes; 0 disables."""
+    limit = settings.checkout_rate_per_minute
+    if limit <= 0:
+        return
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    if await Order.filter(user_id=user_id, created_at__gte=since).count() >= limit:
+        raise BusinessError.of(
+            ErrorCode.RATE_LIMITED, f"At most {limit} checkouts a minute; try again shortly"
+        )
+
+
+async def checkout(
+    user_id: str, email: str | None, settings: Settings, gateway: StripeGateway
+) -> CheckoutResult:
+    """Place the order and open its Stripe session; every attempt is counted by outcome."""
+    try:
+        result = await _checkout(user_id, email, settings, gateway)
+    except BusinessError as exc:
+        metrics.CHECKOUTS.labels(exc.code.value.lower()).inc()
+        raise
+    except PaymentProviderError:
+        metrics.CHECKOUTS.labels(ErrorCode.PAYMENT_PROVIDER_ERROR.value.lower()).inc()
+        raise
+    except BaseException:
+        metrics.CHECKOUTS.labels("error").inc()
+        raise
+    metrics.CHECKOUTS.labels("created").inc()
+    return result
+
+
+async def _checkout(
+    user_id: str, email: str | None, settings: Settings, gateway: StripeGateway
+) -> CheckoutResult:
+    await check_rate(user_id, settings)
+    order, items = await place_order(user_id, settings)
+    logs.bind_order(str(order.id))
+    assert order.expires_at is not None
+    request = CheckoutSessionRequest(
+        order_id=str(order.id),
+        user_id=user_id,
+        currency=order.currency,
+        lines=[SessionLine(i.product_name, i.unit_price, i.quantity) for i in items],
+        return_url=return_url(settings, str(order.id)),
+        expires_at=order.expires_at,
+        customer_email=email or None,
+    )
+    try:
+        session = await gateway.create_checkout_session(request)
+        if not session.client_secret:
+            raise PaymentProviderError("Stripe returned a session without a client secret")
+    except PaymentProviderError as exc:
+        log.warning("checkout of order %s undone: %s", order.id, exc)
+        await undo_checkout(str(order.id), f"payment provider error: {exc}")
+        if exc.uncertain:
+            gateway.expire_late_session(request)
+        raise
+    await Order.filter(id=order.id).update(stripe_checkout_session_id=session.id)
+    order.stripe_checkout_session_id = session.id
+    return CheckoutResult(order=order, client_secret=session.client_secret)

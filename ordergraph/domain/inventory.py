@@ -1,0 +1,70 @@
+"""Stock reservation: units leave `Product.stock` when an order is placed and come back when an
+order that will not ship gives them back.
+
+Each change is a single conditional UPDATE, never a read followed by a write, so concurrent
+checkouts cannot both take the last unit; the database's `stock >= 0` check backs it up.
+Rows are touched in product-id order so that two checkouts never wait on each other in a cycle.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tortoise.expressions import F
+
+from ordergraph.db import get_connection
+from ordergraph.db.sql import fetch
+from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
+from ordergraph.models import Product
+
+
+@dataclass(frozen=True)
+class Reserved:
+    name: str
+    price: int
+
+
+async def reserve_stock(lines: Iterable[tuple[str, int]]) -> dict[str, Reserved]:
+    """Take `quantity` units of each product, or raise OUT_OF_STOCK naming every short line.
+
+    Answers each product's name and price as they were when its row was locked, so the order
+    is priced from the database without reading the products again. Must run inside a
+    transaction: on a short line the caller's rollback returns what the earlier lines took.
+    """
+    short: list[Problem] = []
+    reserved: dict[str, Reserved] = {}
+    connection = get_connection()
+    for product_id, quantity in sorted(lines):
+        rows = await fetch(
+            connection,
+            "UPDATE products SET stock = stock - ? WHERE id = ? AND active AND stock >= ? "
+            "RETURNING name, price",
+            quantity,
+            uuid.UUID(product_id),
+            quantity,
+        )
+        if rows:
+            reserved[product_id] = Reserved(rows[0]["name"], rows[0]["price"])
+        else:
+            product = await Product.filter(id=product_id).only("name", "stock", "active").first()
+            available = product.stock if product is not None and product.active else 0
+            name = product.name if product is not None else product_id
+            short.append(
+                Problem(
+                    ErrorCode.OUT_OF_STOCK,
+                    f"Only {available} of {name} left, {quantity} wanted",
+                    field=("cart",),
+                    product_id=str(product_id),
+                    available=available,
+                )
+            )
+    if short:
+        raise BusinessError(*short)
+    return reserved
+
+
+async def release_stock(lines: Iterable[tuple[str, int]]) -> None:
+    for product_id, quantity in sorted(lines):
+        await Product.filter(id=product_id).update(stock=F("stock") + quantity)

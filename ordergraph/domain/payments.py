@@ -1,0 +1,441 @@
+"""Applying what Stripe tells us about payments.
+
+`confirm_checkout` is the one confirmation, whether the news comes by webhook, by the shopper's
+success page asking Stripe (`syncOrderPayment`) or by the sweeper reconciling an overdue order.
+
+A Stripe event is applied at most once: its id is recorded in the same transaction as the
+change it causes, so a repeated delivery finds it and changes nothing. Events arrive in any
+order; one that depends on another not yet seen (a refund before the payment) raises
+`RetryLater`, is not recorded, and Stripe's own retry brings it back when it can apply.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from tortoise.exceptions import IntegrityError
+
+from ordergraph.db import transaction
+from ordergraph.domain.errors import BusinessError, ErrorCode, order_not_found
+from ordergraph.domain.order_state import can_transition, change_order, lock_order
+from ordergraph.mail import messages as emails
+from ordergraph.models import (
+    Order,
+    OrderItem,
+    OrderStatus,
+    PaymentStatus,
+    PaymentTracker,
+    ProcessedStripeEvent,
+)
+from ordergraph.settings import Settings
+from ordergraph.stripe_gateway import (
+    CheckoutSession,
+    MalformedStripeObject,
+    PaymentProviderError,
+    StripeGateway,
+    session_from_stripe,
+)
+
+log = logging.getLogger(__name__)
+security_log = logging.getLogger("ordergraph.security")
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    UNCHANGED = "unchanged"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    REJECTED = "rejected"
+
+
+class RetryLater(Exception):
+    """The event cannot apply yet (or a provider call failed): roll back, let Stripe resend."""
+
+
+@dataclass(frozen=True)
+class PaymentServices:
+    settings: Settings
+    gateway: StripeGateway
+
+
+class _Discard(Exception):
+    """Roll back the event's transaction (its id included) and report `outcome`."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+
+def _uuid_or_none(raw: object) -> str | None:
+    try:
+        return str(uuid.UUID(str(raw))) if raw else None
+    except ValueError:
+        return None
+
+
+async def _order_of_session(session: CheckoutSession) -> Order | None:
+    """The session's order, locked, if the session is really its own; None (logged) otherwise."""
+    order_id = _uuid_or_none(session.metadata.get("order_id"))
+    if order_id is None:
+        log.warning("checkout session %s carries no valid metadata.order_id", session.id)
+        return None
+    order = await lock_order(order_id)
+    if order is None:
+        log.warning("checkout session %s names unknown order %s", session.id, order_id)
+        return None
+    problem = None
+    if session.metadata.get("user_id") != order.user_id:
+        problem = f"metadata.user_id {session.metadata.get('user_id')!r} is not the order's owner"
+    elif session.amount_total != order.total or session.currency != order.currency:
+        problem = (
+            f"paid {session.amount_total} {session.currency}, "
+            f"the order is {order.total} {order.currency}"
+        )
+    elif order.stripe_checkout_session_id not in (None, session.id):
+        problem = f"the order's session is {order.stripe_checkout_session_id}"
+    if problem is not None:
+        security_log.warning(
+            "refused checkout session %s for order %s: %s", session.id, order.id, problem
+        )
+        raise _Discard(Outcome.REJECTED)
+    return order
+
+
+def _payment_fields(session: CheckoutSession) -> dict[str, Any]:
+    return {
+        "stripe_checkout_session_id": session.id,
+        "stripe_payment_intent_id": session.payment_intent_id,
+        "customer_email": session.customer_email,
+        "shipping_address": session.shipping_address,
+    }
+
+
+async def confirm_checkout(
+    session: CheckoutSession, *, actor: str, services: PaymentServices
+) -> Outcome:
+    """Apply a completed Checkout Session to its order (inside a transaction).
+
+    Paid: the order is confirmed, locked, tracked and receipted; a late payment for an order
+    that already gave its stock back is confirmed if the stock can be taken again, refunded at
+    once if not. Unpaid (a delayed method): the payment is PROCESSING and the order keeps its
+    stock until Stripe says how it ended.
+    """
+    order = await _order_of_session(session)
+    if order is None:
+        return Outcome.IGNORED
+    if session.status != "complete":
+        return Outcome.IGNORED
+    if session.payment_status == "unpaid":
+        if (
+            order.status != OrderStatus.PENDING_PAYMENT
+            or order.payment_status != PaymentStatus.PENDING
+        ):
+            return Outcome.UNCHANGED
+        await change_order(
+            order,
+            payment_status=PaymentStatus.PROCESSING,
+            reason="payment processing",
+            actor=actor,
+            fields=_payment_fields(session),
+        )
+        return Outcome.APPLIED
+    if session.payment_status != "paid":
+        return Outcome.IGNORED
+    if order.paid_at is not None:
+        return Outcome.UNCHANGED
+    if order.status == OrderStatus.PENDING_PAYMENT:
+        await _confirm(order, session, actor=actor, reason="payment received")
+    elif can_transition(order.status, OrderStatus.PAYMENT_CONFIRMED):
+        try:
+            await _confirm(order, session, actor=actor, reason="late payment: stock reserved again")
+        except BusinessError as error:
+            if error.code != ErrorCode.OUT_OF_STOCK:
+                raise
+            await _refund_late_payment(order, session, actor=actor, services=services)
+    else:
+        return Outcome.UNCHANGED
+    return Outcome.APPLIED
+
+
+async def _confirm(order: Order, session: CheckoutSession, *, actor: str, reason: str) -> None:
+    async with transaction(savepoint=True):  # a late payment short of stock undoes only this
+        await change_order(
+            order,
+            status=OrderStatus.PAYMENT_CONFIRMED,
+            payment_status=PaymentStatus.PAID,
+            reason=reason,
+            actor=actor,
+            fields={**_payment_fields(session), "paid_at": datetime.now(UTC), "is_locked": True},
+        )
+        await _track(order, session, "paid")
+    items = await OrderItem.filter(order_id=order.id).order_by("id")
+    await emails.email_shopper(
+        order, dedupe_key=f"receipt:{order.id}", composed=emails.compose_receipt(order, list(items))
+    )
+
+
+async def _track(order: Order, session: CheckoutSession, status: str) -> None:
+    await PaymentTracker.create(
+        order_id=order.id,
+        provider="stripe",
+        session_id=session.id,
+        payment_intent_id=session.payment_intent_id,
+        amount=session.amount_total,
+        currency=order.currency,
+        status=status,
+    )
+
+
+async def _refund_late_payment(
+    order: Order, session: CheckoutSession, *, actor: str, services: PaymentServices
+) -> None:
+    """Money arrived for an order whose stock is gone: give it straight back, and say why."""
+    if not session.payment_intent_id:
+        raise RetryLater(f"late payment for order {order.id} has no payment intent yet")
+    reason = "Your payment arrived after the order had expired and the items sold out."
+    try:
+        await services.gateway.create_refund(
+            session.payment_intent_id,
+            order.total,
+            idempotency_key=f"late-payment-refund-{order.id}",
+            reason="late payment, out of stock",
+        )
+    except PaymentProviderError as exc:
+        raise RetryLater(f"refund of late payment for order {order.id} failed") from exc
+    await change_order(
+        order,
+        payment_status=PaymentStatus.REFUNDED,
+        reason="late payment refunded: out of stock",
+        actor=actor,
+        fields={
+            **_payment_fields(session),
+            "paid_at": datetime.now(UTC),
+            "amount_refunded": order.total,
+        },
+    )
+    await _track(order, session, "refunded")
+    await emails.email_shopper(
+        order,
+        dedupe_key=f"refund:{order.id}:{order.total}",
+        composed=emails.compose_refund(order, order.total, reason),
+    )
+
+
+async def _on_session_completed(
+    obj: dict[str, Any], actor: str, services: PaymentServices
+) -> Outcome:
+    return await confirm_checkout(session_from_stripe(obj), actor=actor, services=services)
+
+
+async def _on_async_payment_failed(
+    obj: dict[str, Any], actor: str, services: PaymentServices
+) -> Outcome:
+    order = await _order_of_session(session_from_stripe(obj))
+    if order is None:
+        return Outcome.IGNORED
+    if order.status != OrderStatus.PENDING_PAYMENT or order.paid_at is not None:
+        return Outcome.UNCHANGED
+    await change_order(
+        order,
+        status=OrderStatus.PAYMENT_FAILED,
+        payment_status=PaymentStatus.FAILED,
+        reason="payment failed",
+        actor=actor,
+    )
+    await emails.email_shopper(
+        order,
+        dedupe_key=f"payment-failed:{order.id}",
+        composed=emails.compose_payment_failed(order),
+    )
+    return Outcome.APPLIED
+
+
+async def cancel_pending(order: Order, *, reason: str, actor: str) -> bool:
+    """Cancel an unpaid order and release its stock; False if it is no longer cancellable."""
+    if order.status != OrderStatus.PENDING_PAYMENT or order.payment_status != PaymentStatus.PENDING:
+        return False
+    await change_order(
+        order,
+        status=OrderStatus.CANCELLED,
+        payment_status=PaymentStatus.EXPIRED,
+        reason=reason,
+        actor=actor,
+    )
+    return True
+
+
+async def _on_session_expired(
+    obj: dict[str, Any], actor: str, services: PaymentServices
+) -> Outcome:
+    order = await _order_of_session(session_from_stripe(obj))
+    if order is None:
+        return Outcome.IGNORED
+    cancelled = await cancel_pending(order, reason="expired", actor=actor)
+    return Outcome.APPLIED if cancelled else Outcome.UNCHANGED
+
+
+async def _order_of_payment(obj: dict[str, Any]) -> Order:
+    """The paid order a charge or dispute is about; RetryLater until its payment is recorded."""
+    payment_intent = obj.get("payment_intent")
+    if isinstance(payment_intent, dict):
+        payment_intent = payment_intent.get("id")
+    order = None
+    if isinstance(payment_intent, str):
+        order = await Order.filter(stripe_payment_intent_id=payment_intent).first()
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise MalformedStripeObject("metadata is not an object")
+    if order is None:
+        order_id = _uuid_or_none(metadata.get("order_id"))
+        if order_id is None:
+            raise _Discard(Outcome.IGNORED)
+        order = await Order.filter(id=order_id).first()
+        if order is None:
+            raise _Discard(Outcome.IGNORED)
+    locked = await lock_order(str(order.id))
+    assert locked is not None
+    if locked.paid_at is None:
+        raise RetryLater(f"payment of order {order.id} is not recorded yet")
+    return locked
+
+
+async def apply_refund(order: Order, amount_refunded: int, *, actor: str) -> Outcome:
+    """Record that `amount_refunded` (a running total, as Stripe reports it) went back."""
+    if amount_refunded <= order.amount_refunded:
+        return Outcome.UNCHANGED
+    full = amount_refunded >= order.total
+    payment = PaymentStatus.REFUNDED if full else PaymentStatus.PARTIALLY_REFUNDED
+    status = (
+        OrderStatus.REFUNDED
+        if full and can_transition(order.status, OrderStatus.REFUNDED)
+        else order.status
+    )
+    refunded_now = amount_refunded - order.amount_refunded
+    if status == order.status and payment == order.payment_status:
+        await Order.filter(id=order.id).update(amount_refunded=amount_refunded)
+        order.amount_refunded = amount_refunded
+    else:
+        await change_order(
+            order,
+            status=status,
+            payment_status=payment,
+            reason="refunded" if full else "partially refunded",
+            actor=actor,
+            fields={"amount_refunded": amount_refunded},
+        )
+    await emails.email_shopper(
+        order,
+        dedupe_key=f"refund:{order.id}:{amount_refunded}",
+        composed=emails.compose_refund(order, refunded_now, "Your refund is on its way."),
+    )
+    return Outcome.APPLIED
+
+
+async def _on_charge_refunded(
+    obj: dict[str, Any], actor: str, services: PaymentServices
+) -> Outcome:
+    amount_refunded = obj.get("amount_refunded")
+    if not isinstance(amount_refunded, int) or amount_refunded < 0:
+        raise MalformedStripeObject("amount_refunded is not a whole number")
+    order = await _order_of_payment(obj)
+    return await apply_refund(order, amount_refunded, actor=actor)
+
+
+async def _on_dispute_created(
+    obj: dict[str, Any], actor: str, services: PaymentServices
+) -> Outcome:
+    order = await _order_of_payment(obj)
+    if order.payment_status == PaymentStatus.DISPUTED:
+        return Outcome.UNCHANGED
+    await change_order(
+        order,
+        payment_status=PaymentStatus.DISPUTED,
+        reason=f"dispute opened: {obj.get('reason') or 'unknown reason'}",
+        actor=actor,
+    )
+    await emails.email_staff(
+        services.settings,
+        order,
+        dedupe_key=f"dispute:{obj.get('id')}",
+        composed=emails.compose_dispute(order, str(obj.get("id")), obj.get("amount")),
+    )
+    return Outcome.APPLIED
+
+
+async def _on_dispute_closed(obj: dict[str, Any], actor: str, services: PaymentServices) -> Outcome:
+    order = await _order_of_payment(obj)
+    if order.payment_status != PaymentStatus.DISPUTED:
+        raise RetryLater(f"dispute {obj.get('id')} closed before it was seen opening")
+    won = obj.get("status") == "won"
+    await change_order(
+        order,
+        payment_status=PaymentStatus.PAID if won else PaymentStatus.REFUNDED,
+        reason="dispute won" if won else "dispute lost",
+        actor=actor,
+        fields={} if won else {"amount_refunded": order.total},
+    )
+    return Outcome.APPLIED
+
+
+EventHandler = Callable[[dict[str, Any], str, PaymentServices], Awaitable[Outcome]]
+
+HANDLERS: dict[str, EventHandler] = {
+    "checkout.session.completed": _on_session_completed,
+    "checkout.session.async_payment_succeeded": _on_session_completed,
+    "checkout.session.async_payment_failed": _on_async_payment_failed,
+    "checkout.session.expired": _on_session_expired,
+    "charge.refunded": _on_charge_refunded,
+    "charge.dispute.created": _on_dispute_created,
+    "charge.dispute.closed": _on_dispute_closed,
+}
+
+
+async def apply_stripe_event(event: dict[str, Any], services: PaymentServices) -> Outcome:
+    """Apply a verified Stripe event at most once; raises RetryLater when it cannot apply yet."""
+    handler = HANDLERS.get(event["type"])
+    if handler is None:
+        return Outcome.IGNORED
+    try:
+        async with transaction():
+            try:
+                await ProcessedStripeEvent.create(event_id=event["id"], type=event["type"])
+            except IntegrityError:
+                raise _Discard(Outcome.DUPLICATE) from None
+            outcome = await handler(event["data"]["object"], f"stripe:{event['id']}", services)
+            if outcome in (Outcome.IGNORED, Outcome.REJECTED):
+                raise _Discard(outcome)
+    except _Discard as discard:
+        return discard.outcome
+    return outcome
+
+
+async def sync_order_payment(
+    order_id: str, *, user_id: str, staff: bool, services: PaymentServices
+) -> Order:
+    """The success page asks: apply what Stripe says of the order's session, now."""
+    query = Order.filter(id=order_id)
+    if not staff:
+        query = query.filter(user_id=user_id)
+    order = await query.first()
+    if order is None:
+        raise order_not_found()
+    await sync_checkout(order, actor=f"user:{user_id}", services=services)
+    await order.refresh_from_db()
+    return order
+
+
+async def sync_checkout(order: Order, *, actor: str, services: PaymentServices) -> Outcome:
+    """Ask Stripe for the order's session and apply what it says (no webhook needed)."""
+    if not order.stripe_checkout_session_id:
+        return Outcome.UNCHANGED
+    session = await services.gateway.retrieve_checkout_session(order.stripe_checkout_session_id)
+    try:
+        async with transaction():
+            return await confirm_checkout(session, actor=actor, services=services)
+    except _Discard as discard:
+        return discard.outcome

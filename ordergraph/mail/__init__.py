@@ -1,0 +1,2 @@
+"""Mail: what the service writes to people (`messages`), the outbox it is queued in (`outbox`),
+and the background sender that delivers it over SMTP (`sender`)."""

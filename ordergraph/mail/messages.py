@@ -1,0 +1,169 @@
+"""What ordergraph writes to people, and to whom.
+
+Each mail is queued in the outbox by `outbox.enqueue_email` inside the transaction of the change
+it reports, with a dedupe key that makes "one mail per event" a database fact.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+
+from ordergraph.mail import outbox
+from ordergraph.mail.outbox import Composed
+from ordergraph.models import Order, OrderItem, User
+from ordergraph.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def money(amount: int, currency: str) -> str:
+    return f"{amount / 100:,.2f} {currency}"
+
+
+def _address_lines(address: dict[str, str | None] | None) -> list[str]:
+    if not address:
+        return []
+    city_line = " ".join(part for part in (address.get("postal_code"), address.get("city")) if part)
+    parts = [
+        address.get("name"),
+        address.get("line1"),
+        address.get("line2"),
+        city_line,
+        address.get("state"),
+        address.get("country"),
+    ]
+    return [p for p in parts if p]
+
+
+def _compose(
+    subject: str, paragraphs: list[str], table: list[tuple[str, str]] | None = None
+) -> Composed:
+    """One mail in both parts: plain text, and the same words as simple HTML.
+
+    The table, when there is one, follows the first paragraph.
+    """
+    first, rest = paragraphs[:1], paragraphs[1:]
+    rows = table or []
+    text_table = ["\n".join(f"{left}: {right}" for left, right in rows)] if rows else []
+    text = "\n\n".join([*first, *text_table, *rest])
+
+    def para(p: str) -> str:
+        return "<p>" + html.escape(p).replace("\n", "<br>") + "</p>"
+
+    html_table = (
+        "<table>"
+        + "".join(
+            f"<tr><td>{html.escape(left)}</td><td>{html.escape(right)}</td></tr>"
+            for left, right in rows
+        )
+        + "</table>"
+        if rows
+        else ""
+    )
+    html_body = (
+        "<html><body>"
+        + "".join(map(para, first))
+        + html_table
+        + "".join(map(para, rest))
+        + "</body></html>"
+    )
+    return Composed(subject, text, html_body)
+
+
+def _short(order: Order) -> str:
+    return str(order.id)[:8]
+
+
+def compose_receipt(order: Order, items: list[OrderItem]) -> Composed:
+    table = [
+        (
+            f"{item.quantity} x {item.product_name}",
+            money(item.unit_price * item.quantity, order.currency),
+        )
+        for item in items
+    ]
+    table.append(("Total paid", money(order.total, order.currency)))
+    address = "\n".join(["Shipping to:", *_address_lines(order.shipping_address)])
+    return _compose(
+        f"Your receipt for order {_short(order)}",
+        [f"Thank you for your order.\nOrder: {order.id}", address],
+        table,
+    )
+
+
+def compose_awaiting_shipment(order: Order) -> Composed:
+    return _compose(
+        f"Order {_short(order)} is being packed",
+        [f"Your order {order.id} is being prepared for shipment."],
+    )
+
+
+def compose_shipped(order: Order) -> Composed:
+    carrier = f" with {order.carrier}" if order.carrier else ""
+    return _compose(
+        f"Order {_short(order)} has shipped",
+        [
+            f"Your order {order.id} has shipped{carrier}.",
+            f"Tracking number: {order.tracking_number}",
+        ],
+    )
+
+
+def compose_delivered(order: Order) -> Composed:
+    return _compose(
+        f"Order {_short(order)} was delivered",
+        [f"Your order {order.id} was delivered. Enjoy!"],
+    )
+
+
+def compose_payment_failed(order: Order) -> Composed:
+    return _compose(
+        f"Payment for order {_short(order)} failed",
+        [
+            f"The payment for your order {order.id} did not go through, so the order was "
+            "cancelled and nothing was charged. You are welcome to order again."
+        ],
+    )
+
+
+def compose_refund(order: Order, amount: int, reason: str) -> Composed:
+    return _compose(
+        f"Refund for order {_short(order)}",
+        [
+            f"We have refunded {money(amount, order.currency)} for your order {order.id}.",
+            reason,
+            "The money usually reaches your account within 5 to 10 business days.",
+        ],
+    )
+
+
+def compose_dispute(order: Order, dispute_id: str, amount: int | None) -> Composed:
+    shown = money(amount, order.currency) if amount is not None else "the payment"
+    return _compose(
+        f"Dispute opened on order {_short(order)}",
+        [
+            f"The shopper's bank opened dispute {dispute_id} over {shown} for order {order.id}.",
+            "Respond with evidence in the Stripe dashboard before the deadline.",
+        ],
+    )
+
+
+async def email_shopper(order: Order, *, dedupe_key: str, composed: Composed) -> None:
+    """Queue a mail to the order's shopper: their account's address, else the one they paid with."""
+    user = await User.get(id=order.user_id)
+    recipient = user.email or order.customer_email
+    if not recipient:
+        log.warning("order %s has no email address for %r", order.id, composed.subject)
+        return
+    await outbox.enqueue_email(
+        dedupe_key=dedupe_key, recipient=recipient, composed=composed, order=order
+    )
+
+
+async def email_staff(
+    settings: Settings, order: Order, *, dedupe_key: str, composed: Composed
+) -> None:
+    await outbox.enqueue_email(
+        dedupe_key=dedupe_key, recipient=settings.staff_email, composed=composed, order=order
+    )

@@ -1,0 +1,83 @@
+"""The mail outbox: written in the transaction that causes a mail, read by staff.
+
+Because the outbox row commits with the change, a mail is never lost when the process dies or
+the SMTP server is down, and never written for a change that rolled back. `sender` sends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from tortoise.expressions import Q
+
+from ordergraph.db import after_commit
+from ordergraph.models import Order, OutboxEmail, OutboxStatus
+
+
+@dataclass(frozen=True)
+class Composed:
+    subject: str
+    text: str
+    html: str
+
+
+async def enqueue_email(
+    *, dedupe_key: str, recipient: str, composed: Composed, order: Order | None = None
+) -> None:
+    """Write the mail to the outbox in the current transaction, once per `dedupe_key`.
+
+    One statement: INSERT that ignores a key already there (ON CONFLICT DO NOTHING on
+    PostgreSQL, INSERT OR IGNORE on SQLite).
+    """
+    row = OutboxEmail(
+        dedupe_key=dedupe_key,
+        order_id=order.id if order is not None else None,
+        recipient=recipient,
+        subject=composed.subject,
+        text_body=composed.text,
+        html_body=composed.html,
+        next_attempt_at=datetime.now(UTC),
+    )
+    await OutboxEmail.bulk_create([row], ignore_conflicts=True)
+    after_commit(wake_sender)
+
+
+_wakeup: asyncio.Event | None = None
+
+
+def sender_wakeup() -> asyncio.Event:
+    """The event this process's sender waits on between passes (made on first use)."""
+    global _wakeup
+    if _wakeup is None:
+        _wakeup = asyncio.Event()
+    return _wakeup
+
+
+async def wake_sender() -> None:
+    if _wakeup is not None:
+        _wakeup.set()
+
+
+async def undelivered(limit: int) -> list[OutboxEmail]:
+    """Mail that has failed at least once and is not sent: what staff should look at."""
+    return (
+        await OutboxEmail.filter(
+            Q(status=OutboxStatus.DEAD)
+            | Q(status__in=[OutboxStatus.PENDING, OutboxStatus.SENDING], attempts__gte=1)
+        )
+        .order_by("-created_at")
+        .limit(limit)
+    )
+
+
+async def retry_dead(email_id: int) -> OutboxEmail | None:
+    """Give a dead mail a fresh set of tries (after staff fixed the address or the server)."""
+    changed = await OutboxEmail.filter(id=email_id, status=OutboxStatus.DEAD).update(
+        status=OutboxStatus.PENDING, attempts=0, next_attempt_at=datetime.now(UTC)
+    )
+    if not changed:
+        return None
+    await wake_sender()
+    return await OutboxEmail.get(id=email_id)

@@ -1,0 +1,78 @@
+"""Products: the public catalogue, and staff keeping it."""
+
+from __future__ import annotations
+
+import strawberry
+
+from ordergraph.domain import catalog as catalog_domain
+from ordergraph.domain.errors import ErrorCode
+from ordergraph.models import Product as ProductModel
+from ordergraph.resolvers.base import (
+    forbidden,
+    graphql_error,
+    page_size,
+    parse_uuid,
+    payload,
+    require_user,
+)
+from ordergraph.resolvers.context import Info
+from ordergraph.resolvers.types import (
+    PageInfo,
+    Product,
+    ProductConnection,
+    ProductEdge,
+    ProductInput,
+    ProductPayload,
+    decode_cursor,
+    encode_cursor,
+)
+
+
+async def products(
+    info: Info, first: int | None = 50, after: str | None = None
+) -> ProductConnection:
+    size = page_size(first, 50)
+    query = ProductModel.filter(active=True).order_by("sku")
+    if after is not None:
+        sku = decode_cursor(after)
+        if sku is None:
+            raise graphql_error(ErrorCode.INVALID_INPUT, "after is not a cursor from this API")
+        query = query.filter(sku__gt=sku)
+    rows = await query.limit(size + 1)
+    currency = info.context.settings.shop_currency
+    edges = [
+        ProductEdge(cursor=encode_cursor(p.sku), node=Product.from_model(p, currency))
+        for p in rows[:size]
+    ]
+    return ProductConnection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=len(rows) > size, end_cursor=edges[-1].cursor if edges else None
+        ),
+    )
+
+
+async def product(info: Info, id: strawberry.ID) -> Product | None:
+    key = parse_uuid(id)
+    row = await ProductModel.filter(id=key, active=True).first() if key else None
+    return Product.from_model(row, info.context.settings.shop_currency) if row else None
+
+
+async def upsert_product(info: Info, input: ProductInput) -> ProductPayload:
+    identity = await require_user(info)
+    if not identity.is_staff:
+        return ProductPayload(user_errors=forbidden())
+
+    async def run() -> ProductPayload:
+        row = await catalog_domain.upsert_product(
+            catalog_domain.ProductDraft(
+                sku=input.sku,
+                name=input.name,
+                description=input.description or "",
+                price=input.price,
+                stock=input.stock,
+            )
+        )
+        return ProductPayload(product=Product.from_model(row, info.context.settings.shop_currency))
+
+    return await payload(ProductPayload, run())

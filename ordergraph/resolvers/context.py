@@ -1,0 +1,32 @@
+"""What every GraphQL resolver is handed: who is asking, and the services it may use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import strawberry
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+
+from ordergraph.auth import Identity
+from ordergraph.domain.payments import PaymentServices
+from ordergraph.resolvers.loaders import Loaders
+from ordergraph.settings import Settings
+
+
+@dataclass
+class Context:
+    request: Request | WebSocket
+    response: Response | WebSocket | None
+    settings: Settings
+    services: PaymentServices
+    identity: Identity | None = None
+    auth_error: str | None = None
+    loaders: Loaders = field(default_factory=Loaders)
+    connection_params: dict[str, Any] | None = None
+
+
+# What a resolver's `info` argument is, typed: `info.context` is a `Context`.
+Info = strawberry.Info[Context, None]

@@ -1,0 +1,206 @@
+"""`Subscription.orderStatusChanged`: the order as it is now, then after every committed change.
+
+Events are hints (order id, version). On each hint the subscriber re-reads the order, so what
+it sends is always a committed state, whatever the transport lost, repeated or reordered; and
+it sends only versions newer than the last it sent. All subscribers of an order in this
+process share one read per change (`OrderReads`), each read with DataLoaders of its own: a
+WebSocket's context lives as long as the connection, so loaders kept there would serve the
+order's history as it was when the socket opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import strawberry
+from graphql import ExecutionResult, GraphQLError
+from graphql import OperationType as OperationKind
+from starlette.websockets import WebSocket
+from strawberry.extensions import SchemaExtension
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.types.graphql import OperationType
+from tortoise.transactions import in_transaction
+
+from ordergraph import events, logs, metrics
+from ordergraph.db import is_postgres
+from ordergraph.domain.errors import ErrorCode
+from ordergraph.models import Order as OrderModel
+from ordergraph.resolvers import orders
+from ordergraph.resolvers.context import Context, Info
+from ordergraph.resolvers.loaders import Loaders
+from ordergraph.resolvers.types import Order
+
+# WebSocket close code for a subscriber dropped for reading too slowly: "try again later".
+SLOW_CLIENT_CLOSE_CODE = 1013
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    order: OrderModel
+    loaders: Loaders
+    # Answers already computed from this snapshot, by question (see SharedEventExecutor).
+    answers: dict[tuple[int, str], Any] = field(default_factory=dict)
+
+
+class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
+    """Subscribers asking the same question about the same snapshot share one answer.
+
+    graphql-core runs a subscription's selection once per subscriber and event; for 10,000
+    people following one order that is 10,000 identical executions of the same fields. Here the
+    first subscriber to reach a snapshot computes the result and the others await it. Only
+    identical documents (one parse, thanks to the parser cache) with identical variables share,
+    and an order reads the same to everyone allowed to follow it.
+    """
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        answers = getattr(self.root_value, "answers", None)
+        if answers is None or self.operation.operation is not OperationKind.SUBSCRIPTION:
+            return super().execute_operation(serially)
+        key = (id(self.operation), repr(sorted(self.variable_values.coerced.items())))
+        answer = answers.get(key)
+        if answer is None:
+            result = super().execute_operation(serially)
+            if not self.is_awaitable(result):
+                answers[key] = result
+                return result
+            answer = answers[key] = asyncio.ensure_future(result)
+        if isinstance(answer, asyncio.Future):
+            return asyncio.shield(answer)
+        return answer
+
+
+class OrderReads:
+    """One read of an order shared by every subscriber of it that is waiting for one.
+
+    A subscriber that learnt of a change at time `since` may use any read that started at or
+    after `since`: it sees that change. So when a hint reaches 10,000 subscribers of one order,
+    the first starts a read and the other 9,999 wait for it instead of asking the database.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, tuple[float, asyncio.Task[Snapshot | None]]] = {}
+
+    async def read(self, order_id: str, since: float) -> Snapshot | None:
+        entry = self._pending.get(order_id)
+        if entry is None or entry[0] < since:
+            entry = (time.monotonic(), asyncio.create_task(self._read(order_id)))
+            self._pending[order_id] = entry
+            entry[1].add_done_callback(lambda _: self._forget(order_id, entry))
+        # Shielded: a subscriber that leaves does not cancel the read for the others.
+        return await asyncio.shield(entry[1])
+
+    def _forget(self, order_id: str, entry: tuple[float, asyncio.Task[Snapshot | None]]) -> None:
+        if self._pending.get(order_id) is entry:
+            del self._pending[order_id]
+        if not entry[1].cancelled():
+            entry[1].exception()  # retrieved here, so a read no one awaits is not reported
+
+    @staticmethod
+    async def _read(order_id: str) -> Snapshot | None:
+        """The order, its lines and its history as of one moment, so that a message never
+        pairs a status with a history that has already moved on."""
+        # Shared by many subscribers: the one whose request started it is not its subject.
+        logs.request_id.set(None)
+        loaders = Loaders()
+        async with in_transaction() as connection:
+            if is_postgres(connection):
+                await connection.execute_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            order = await OrderModel.filter(id=order_id).first()
+            if order is None:
+                return None
+            await loaders.order_items.load(order_id)
+            await loaders.status_changes.load(order_id)
+        return Snapshot(order, loaders)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+reads = OrderReads()
+
+
+async def order_status_changed(info: Info, order_id: strawberry.ID) -> AsyncIterator[Order]:
+    """Checked before the stream starts, so that refusal is the operation's error: only the
+    owner or staff may follow an order, and anyone else is told it does not exist."""
+    context: Context = info.context
+    if not isinstance(context.request, WebSocket):
+        raise _websocket_only()
+    order = await orders.order(info, order_id)
+    if order is None:
+        raise GraphQLError("No such order", extensions={"code": ErrorCode.NOT_FOUND.value})
+    return follow(context, context.request, str(order.id))
+
+
+async def follow(context: Context, websocket: WebSocket, order_id: str) -> AsyncIterator[Order]:
+    transport = events.current_transport()
+    metrics.ACTIVE_SUBSCRIPTIONS.inc()
+    try:
+        async with transport.subscribe(order_id, lambda: _drop(websocket)) as hints:
+            # Subscribed before the first read: a change committed after it arrives as a hint.
+            since = time.monotonic()
+            last_sent = 0
+            while True:
+                snapshot = await reads.read(order_id, since)
+                if snapshot is None:
+                    return  # the order is gone
+                if snapshot.order.version > last_sent:
+                    last_sent = snapshot.order.version
+                    context.loaders = snapshot.loaders
+                    message = Order.from_model(snapshot.order)
+                    message.answers = snapshot.answers
+                    yield message
+                hint = await _news(hints, last_sent)
+                if hint is None:
+                    return  # dropped for reading too slowly: its socket is being closed
+                since = hint.received
+    finally:
+        metrics.ACTIVE_SUBSCRIPTIONS.dec()
+
+
+async def _news(hints: events.Subscriber, last_sent: int) -> events.Hint | None:
+    """The next hint of a change newer than the last message, or None once there are none."""
+    async for hint in hints:
+        if hint.event.version == events.CATCH_UP or hint.event.version > last_sent:
+            return hint
+    return None
+
+
+def _websocket_only() -> GraphQLError:
+    return GraphQLError(
+        "Subscriptions are served over WebSocket at /graphql (graphql-transport-ws or graphql-ws)",
+        extensions={"code": ErrorCode.INVALID_INPUT.value},
+    )
+
+
+class WebSocketOnly(SchemaExtension):
+    """A subscription POSTed as a plain request gets a clear error. (GraphQL would otherwise
+    run it as a query: `null` for a non-null field. Streamed over HTTP, the resolver's own
+    check answers.)"""
+
+    def on_execute(self) -> Iterator[None]:
+        execution = self.execution_context
+        if execution.operation_type is OperationType.SUBSCRIPTION and not isinstance(
+            execution.context.request, WebSocket
+        ):
+            execution.result = ExecutionResult(data=None, errors=[_websocket_only()])
+        yield
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _drop(websocket: WebSocket) -> None:
+    """A subscriber that cannot keep up: close its socket rather than queue for it."""
+    task = asyncio.get_running_loop().create_task(_close(websocket))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+async def _close(websocket: WebSocket) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.close(code=SLOW_CLIENT_CLOSE_CODE, reason="subscriber too slow")

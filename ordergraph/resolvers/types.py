@@ -1,0 +1,299 @@
+"""The GraphQL object types of the public contract, built from the database models."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from strawberry.types import Info
+
+from ordergraph import models
+from ordergraph.domain.errors import ErrorCode as DomainErrorCode
+from ordergraph.domain.errors import Problem
+
+OrderStatus = strawberry.enum(models.OrderStatus, name="OrderStatus")
+PaymentStatus = strawberry.enum(models.PaymentStatus, name="PaymentStatus")
+ErrorCode = strawberry.enum(DomainErrorCode, name="ErrorCode")
+
+
+def encode_cursor(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> str | None:
+    try:
+        value = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if value and "\x00" not in value else None
+
+
+@strawberry.type
+class Money:
+    amount: int
+    currency: str
+
+
+@strawberry.type
+class Product:
+    id: strawberry.ID
+    sku: str
+    name: str
+    description: str
+    price: Money
+    stock: int = strawberry.field(description="Units that can still be reserved.")
+
+    @classmethod
+    def from_model(cls, product: models.Product, currency: str) -> Product:
+        return cls(
+            id=strawberry.ID(str(product.id)),
+            sku=product.sku,
+            name=product.name,
+            description=product.description,
+            price=Money(amount=product.price, currency=currency),
+            stock=product.stock,
+        )
+
+
+@strawberry.type
+class CartLine:
+    product: Product
+    quantity: int
+    line_total: Money
+
+
+@strawberry.type
+class Cart:
+    lines: list[CartLine]
+    item_count: int
+    total: Money
+
+    @classmethod
+    def from_items(cls, items: list[models.CartItem], currency: str) -> Cart:
+        lines = [
+            CartLine(
+                product=Product.from_model(item.product, currency),
+                quantity=item.quantity,
+                line_total=Money(amount=item.product.price * item.quantity, currency=currency),
+            )
+            for item in items
+        ]
+        return cls(
+            lines=lines,
+            item_count=sum(item.quantity for item in items),
+            total=Money(amount=sum(line.line_total.amount for line in lines), currency=currency),
+        )
+
+
+@strawberry.type
+class Address:
+    name: str | None = None
+    line1: str | None = None
+    line2: str | None = None
+    city: str | None = None
+    state: str | None = None
+    postal_code: str | None = None
+    country: str | None = None
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any] | None) -> Address | None:
+        if not value:
+            return None
+        return cls(**{key: value.get(key) for key in cls.__annotations__})
+
+
+@strawberry.type
+class OrderLine:
+    product_id: strawberry.ID
+    product_name: str
+    unit_price: Money
+    quantity: int
+    line_total: Money
+
+
+@strawberry.type
+class StatusChange:
+    status: OrderStatus  # type: ignore[valid-type]
+    at: datetime
+    reason: str | None
+
+
+@strawberry.type
+class Order:
+    id: strawberry.ID
+    status: OrderStatus  # type: ignore[valid-type]
+    payment_status: PaymentStatus  # type: ignore[valid-type]
+    total: Money
+    shipping_address: Address | None
+    carrier: str | None
+    tracking_number: str | None
+    is_locked: bool
+    created_at: datetime
+    updated_at: datetime
+    paid_at: datetime | None
+    expires_at: datetime | None
+    version: strawberry.Private[int]
+    # Set on subscription messages: answers shared by everyone following this snapshot.
+    answers: strawberry.Private[dict[Any, Any] | None] = None
+
+    @classmethod
+    def from_model(cls, order: models.Order) -> Order:
+        return cls(
+            id=strawberry.ID(str(order.id)),
+            status=order.status,
+            payment_status=order.payment_status,
+            total=Money(amount=order.total, currency=order.currency),
+            shipping_address=Address.from_json(order.shipping_address),
+            carrier=order.carrier,
+            tracking_number=order.tracking_number,
+            is_locked=order.is_locked,
+            created_at=order.created_at,
+            updated_at=order.updated_at,
+            paid_at=order.paid_at,
+            expires_at=order.expires_at,
+            version=order.version,
+        )
+
+    @strawberry.field
+    async def lines(self, info: Info) -> list[OrderLine]:
+        currency = self.total.currency
+        items = await info.context.loaders.order_items.load(str(self.id))
+        return [
+            OrderLine(
+                product_id=strawberry.ID(str(item.product_id)),
+                product_name=item.product_name,
+                unit_price=Money(amount=item.unit_price, currency=currency),
+                quantity=item.quantity,
+                line_total=Money(amount=item.unit_price * item.quantity, currency=currency),
+            )
+            for item in items
+        ]
+
+    @strawberry.field(description="Every status the order has had, oldest first.")
+    async def history(self, info: Info) -> list[StatusChange]:
+        changes = await info.context.loaders.status_changes.load(str(self.id))
+        return [StatusChange(status=c.status, at=c.at, reason=c.reason) for c in changes]
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class ProductEdge:
+    cursor: str
+    node: Product
+
+
+@strawberry.type
+class ProductConnection:
+    edges: list[ProductEdge]
+    page_info: PageInfo
+
+
+@strawberry.type
+class OrderEdge:
+    cursor: str
+    node: Order
+
+
+@strawberry.type
+class OrderConnection:
+    edges: list[OrderEdge]
+    page_info: PageInfo
+
+
+@strawberry.type
+class UserError:
+    code: ErrorCode  # type: ignore[valid-type]
+    message: str
+    field: list[str] | None = strawberry.field(
+        default=None, description="Path to the input field at fault, when there is one."
+    )
+    product_id: strawberry.ID | None = strawberry.field(
+        default=None,
+        description="For OUT_OF_STOCK: the product at fault and how many units are left.",
+    )
+    available: int | None = None
+
+    @classmethod
+    def from_problem(cls, problem: Problem) -> UserError:
+        return cls(
+            code=problem.code,
+            message=problem.message,
+            field=list(problem.field) if problem.field else None,
+            product_id=strawberry.ID(problem.product_id) if problem.product_id else None,
+            available=problem.available,
+        )
+
+
+@strawberry.type
+class CartPayload:
+    cart: Cart | None = None
+    user_errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class CheckoutPayload:
+    order_id: strawberry.ID | None = None
+    client_secret: str | None = None
+    order: Order | None = None
+    user_errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class OrderPayload:
+    order: Order | None = None
+    user_errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class ProductPayload:
+    product: Product | None = None
+    user_errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.input
+class ProductInput:
+    sku: str
+    name: str
+    description: str | None = ""
+    price: int
+    stock: int
+
+
+@strawberry.type(description="A mail the outbox could not deliver yet, or gave up on (DEAD).")
+class UndeliveredEmail:
+    id: strawberry.ID
+    order_id: strawberry.ID | None
+    recipient: str
+    subject: str
+    status: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime
+    created_at: datetime
+
+    @classmethod
+    def from_model(cls, row: models.OutboxEmail) -> UndeliveredEmail:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            order_id=strawberry.ID(str(row.order_id)) if row.order_id else None,
+            recipient=row.recipient,
+            subject=row.subject,
+            status=row.status.name,
+            attempts=row.attempts,
+            last_error=row.last_error,
+            next_attempt_at=row.next_attempt_at,
+            created_at=row.created_at,
+        )
+
+
+@strawberry.type
+class EmailPayload:
+    email: UndeliveredEmail | None = None
+    user_errors: list[UserError] = strawberry.field(default_factory=list)

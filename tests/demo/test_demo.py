@@ -1,0 +1,74 @@
+"""`ordergraph demo`: a whole purchase on a fresh machine's defaults, run twice, and a failed
+step that ends the run with a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+LIVE = (
+    "5 messages: PENDING_PAYMENT -> PAYMENT_CONFIRMED -> AWAITING_SHIPMENT -> SHIPPED -> DELIVERED"
+)
+
+
+def demo(*python: str) -> subprocess.CompletedProcess[str]:
+    """The command as a person runs it, with nothing of the test's environment that it reads."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("DATABASE_", "STRIPE_", "SMTP_", "JWT_", "EVENTS_"))
+    }
+    command = (
+        [sys.executable, "-c", *python]
+        if python
+        else [sys.executable, "-m", "ordergraph.cli", "demo"]
+    )
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_demo_completes_a_purchase_and_a_second_run_works_too() -> None:
+    orders = []
+    for _ in range(2):
+        done = demo()
+        assert done.returncode == 0, done.stdout + done.stderr
+        out = done.stdout
+        assert "demo passed: 12 steps" in out, out
+        assert LIVE in out
+        assert re.search(
+            r"mail +4 received: Your receipt for order \w+; .* is being packed; "
+            r".* has shipped; .* was delivered",
+            out,
+        ), out
+        assert re.search(r"live: payment confirmed: [\d.]+ ms after the payment", out)
+        assert "Traceback" not in done.stderr
+        order = re.search(r"order +([0-9a-f-]{36}): DELIVERED/PAID", out)
+        assert order, out
+        orders.append(order.group(1))
+    assert orders[0] != orders[1]
+
+
+def test_a_failing_step_stops_the_demo_with_a_non_zero_exit() -> None:
+    done = demo(
+        "import ordergraph.demo.purchase as d; "
+        "d.CHECKOUT = 'mutation { checkout { orderId noSuchField } }'; "
+        "from ordergraph.cli import main; main(['demo'])"
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "checkout: FAILED" in done.stdout
+    assert "demo FAILED" in done.stderr and "step 4 (checkout)" in done.stderr
+    assert "noSuchField" in done.stderr
+    assert "demo passed" not in done.stdout
+
+
+def test_a_stack_that_cannot_start_is_a_failed_step_not_a_traceback() -> None:
+    done = demo(
+        "import ordergraph.demo.purchase as d\n"
+        "async def broken(settings): raise RuntimeError('disk full')\n"
+        "d.seed_catalogue = broken\n"
+        "from ordergraph.cli import main; main(['demo'])"
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "step 0 (start the stack): RuntimeError: disk full" in done.stderr
+    assert "Traceback" not in done.stderr

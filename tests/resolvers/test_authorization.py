@@ -1,0 +1,672 @@
+"""Who may do what: every root field of the served schema (queries, mutations, the
+subscription) for an anonymous caller, the owner of the order and cart, another shopper and
+staff, on real data; and the bearer tokens that must be refused.
+
+The cases are generated from the schema that the service builds, and each root field must have
+an entry in `OPERATIONS`: an operation added without saying who may use it fails here.
+A refused request must change nothing at all (orders, their history, stock, carts, payments,
+mail, calls to Stripe) and must not show the order it was refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from ordergraph.models import CartItem, Order, OutboxEmail, OutboxStatus, Product, User
+from ordergraph.schema import build_schema
+from tests.conftest import JWT_SECRET, Harness
+from tests.utils.dbstate import snapshot, user_ids, without_cart_of
+from tests.utils.helpers import add_to_cart, checked_out_order, make_product, stock_of
+from tests.utils.live import TRANSPORT_WS, Follower, RawSocket
+
+ROLES = ("anonymous", "owner", "stranger", "staff")
+USERS = {"owner": "olive", "stranger": "mallory", "staff": "clerk"}
+
+# What a role gets from an operation.
+ALLOWED = "allowed"  # done on the data the test set up (the owner's order or cart, any for staff)
+OWN = "own"  # done, but on the caller's own cart or orders: the owner's are untouched
+UNAUTHENTICATED = "UNAUTHENTICATED"  # GraphQL error with this extensions.code
+FORBIDDEN_ERROR = "FORBIDDEN error"  # GraphQL error with extensions.code FORBIDDEN
+FORBIDDEN = "FORBIDDEN"  # userErrors [FORBIDDEN]
+NOT_FOUND = "NOT_FOUND"  # userErrors [NOT_FOUND] (a GraphQL error for the subscription)
+ABSENT = "null"  # the field answers null, as for an order that does not exist
+
+REFUSALS = {UNAUTHENTICATED, FORBIDDEN_ERROR, FORBIDDEN, NOT_FOUND, ABSENT}
+
+
+@dataclass
+class World:
+    """A shop with two products, an order of the owner (2 TEE) at `stage`, and the owner's
+    cart holding 1 MUG."""
+
+    app: Harness
+    tee: Product
+    mug: Product
+    order_id: str
+    session_id: str
+    dead_mail_id: int
+
+    def token(self, role: str) -> str | None:
+        if role == "anonymous":
+            return None
+        return self.app.token(USERS[role], staff=role == "staff")
+
+
+STAGES = ("pending", "completed", "paid", "awaiting", "shipped")
+
+ORDER_MUTATION = (
+    "mutation($o: ID!) { %s(orderId: $o) { order { id status } userErrors { code message } } }"
+)
+SHIP = """mutation($o: ID!) {
+  markOrderShipped(orderId: $o, trackingNumber: "1Z999", carrier: "UPS") {
+    order { id status trackingNumber } userErrors { code message }
+  }
+}"""
+
+
+async def build_world(app: Harness, stage: str) -> World:
+    assert stage in STAGES
+    tee = await make_product("TEE", price=2500, stock=10)
+    mug = await make_product("MUG", price=1000, stock=5)
+    owner = app.token(USERS["owner"])
+    order_id = (await checked_out_order(app, owner, tee, 2))["orderId"]
+    await add_to_cart(app, owner, mug, 1)
+    session_id = (await Order.get(id=order_id)).stripe_checkout_session_id
+    assert session_id
+    if stage == "completed":  # paid at Stripe, the webhook not (yet) here
+        await app.emulator.complete_session(session_id, deliver=False)
+    elif stage in ("paid", "awaiting", "shipped"):
+        delivery = await app.emulator.complete_session(session_id)
+        assert delivery.status_code == 200, delivery.body
+    staff = app.token(USERS["staff"], staff=True)
+    if stage in ("awaiting", "shipped"):
+        body = await app.gql(
+            ORDER_MUTATION % "markOrderAwaitingShipment", {"o": order_id}, token=staff
+        )
+        assert body["data"]["markOrderAwaitingShipment"]["userErrors"] == [], body
+    if stage == "shipped":
+        body = await app.gql(SHIP, {"o": order_id}, token=staff)
+        assert body["data"]["markOrderShipped"]["userErrors"] == [], body
+    # A receipt that could not be delivered, for the staff's mail operations.
+    dead = await OutboxEmail.create(
+        dedupe_key=f"test-dead:{order_id}",
+        order_id=order_id,
+        recipient="olive@bounce.test",
+        subject="Your order",
+        text_body="Thank you",
+        html_body="<p>Thank you</p>",
+        status=OutboxStatus.DEAD,
+        attempts=5,
+        last_error="550 5.1.1 No such user",
+        next_attempt_at=datetime.now(UTC),
+    )
+    await app.emulator.drain()
+    return World(app, tee, mug, order_id, session_id, dead.id)
+
+
+Effect = Callable[[World, str, Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    kind: str  # "query", "mutation" or "subscription"
+    document: str
+    expect: dict[str, str]  # role -> outcome
+    effect: Effect  # what ALLOWED / OWN must have done (given the field's answer)
+    stage: str = "pending"
+    variables: Callable[[World], dict[str, Any]] = field(default=lambda world: {})
+
+    def __post_init__(self) -> None:
+        assert set(self.expect) == set(ROLES), self.expect
+
+
+def _roles(anonymous: str, owner: str, stranger: str, staff: str) -> dict[str, str]:
+    return {"anonymous": anonymous, "owner": owner, "stranger": stranger, "staff": staff}
+
+
+def _order_var(world: World) -> dict[str, Any]:
+    return {"o": world.order_id}
+
+
+def _mug_var(world: World) -> dict[str, Any]:
+    return {"p": str(world.mug.id)}
+
+
+async def _cart_of(role: str) -> list[tuple[str, int]]:
+    return [
+        (str(c.product_id), c.quantity)
+        for c in await CartItem.filter(user_id=USERS[role]).order_by("id")
+    ]
+
+
+async def _order_status(world: World) -> tuple[str, str]:
+    order = await Order.get(id=world.order_id)
+    return order.status.value, order.payment_status.value
+
+
+def _stripe_calls(world: World, method: str, prefix: str) -> list[str]:
+    return [r.path for r in world.app.emulator.requests if r.method == method and prefix in r.path]
+
+
+# Effects of the allowed cases
+
+
+async def _lists_the_catalogue(world: World, role: str, answer: Any) -> None:
+    assert {e["node"]["sku"] for e in answer["edges"]} == {"TEE", "MUG"}
+
+
+async def _shows_the_product(world: World, role: str, answer: Any) -> None:
+    assert answer == {"id": str(world.mug.id), "sku": "MUG", "stock": 5}
+
+
+async def _shows_the_callers_cart(world: World, role: str, answer: Any) -> None:
+    if role == "owner":
+        assert answer["lines"] == [{"quantity": 1, "product": {"id": str(world.mug.id)}}]
+    else:
+        assert answer == {"itemCount": 0, "lines": []}
+
+
+async def _shows_the_order(world: World, role: str, answer: Any) -> None:
+    assert answer["id"] == world.order_id
+    assert answer["lines"] == [{"productId": str(world.tee.id), "quantity": 2}]
+
+
+async def _lists_the_callers_orders(world: World, role: str, answer: Any) -> None:
+    ids = [e["node"]["id"] for e in answer["edges"]]
+    assert ids == ([world.order_id] if role == "owner" else [])
+
+
+async def _lists_every_order(world: World, role: str, answer: Any) -> None:
+    assert [e["node"]["id"] for e in answer["edges"]] == [world.order_id]
+
+
+async def _added(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == []
+    expected = 2 if role == "owner" else 1  # the owner had one already
+    assert await _cart_of(role) == [(str(world.mug.id), expected)]
+    assert answer["cart"]["itemCount"] == expected
+    assert await stock_of(world.mug) == 5  # a cart reserves nothing
+
+
+async def _set(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == []
+    assert await _cart_of(role) == [(str(world.mug.id), 3)]
+    assert answer["cart"]["itemCount"] == 3
+
+
+async def _removed(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == []
+    assert await _cart_of(role) == []
+    assert answer["cart"] == {"itemCount": 0, "lines": []}
+
+
+async def _checked_out(world: World, role: str, answer: Any) -> None:
+    if role != "owner":  # the caller's own cart is empty; the owner's is not theirs to buy
+        assert [e["code"] for e in answer["userErrors"]] == ["CART_EMPTY"], answer
+        assert answer["orderId"] is None
+        return
+    assert answer["userErrors"] == []
+    assert answer["orderId"] not in (None, world.order_id)
+    new = await Order.get(id=answer["orderId"])
+    assert new.user_id == USERS["owner"] and new.total == 1000
+    assert await stock_of(world.mug) == 4
+    assert await _cart_of("owner") == []
+
+
+async def _cancelled(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == []
+    assert answer["order"]["status"] == "CANCELLED"
+    assert await _order_status(world) == ("cancelled", "expired")
+    assert await stock_of(world.tee) == 10
+    assert _stripe_calls(world, "POST", f"/v1/checkout/sessions/{world.session_id}/expire")
+
+
+async def _synced(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == []
+    assert answer["order"]["status"] == "PAYMENT_CONFIRMED"
+    assert await _order_status(world) == ("payment_confirmed", "paid")
+
+
+async def _upserted(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == []
+    assert answer["product"]["sku"] == "NEW-1"
+    product = await Product.get(sku="NEW-1")
+    assert (product.price, product.stock) == (100, 3)
+
+
+def _moved_to(status: str) -> Effect:
+    async def moved(world: World, role: str, answer: Any) -> None:
+        assert answer["userErrors"] == [], answer
+        assert answer["order"]["status"] == status.upper()
+        assert (await _order_status(world))[0] == status
+
+    return moved
+
+
+async def _refunded(world: World, role: str, answer: Any) -> None:
+    await _moved_to("refunded")(world, role, answer)
+    assert await _order_status(world) == ("refunded", "refunded")
+    assert [r["amount"] for r in world.app.emulator.refunds.values()] == [5000]
+
+
+async def _lists_undelivered_mail(world: World, role: str, answer: Any) -> None:
+    assert [(m["id"], m["status"], m["orderId"]) for m in answer] == [
+        (str(world.dead_mail_id), "DEAD", world.order_id)
+    ]
+
+
+async def _mail_retried(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == []
+    assert answer["email"] == {"id": str(world.dead_mail_id), "status": "PENDING"}
+    mail = await OutboxEmail.get(id=world.dead_mail_id)
+    assert mail.attempts < 5  # a fresh set of tries (the sender may have used one already)
+
+
+async def _follows(world: World, role: str, answer: Any) -> None:
+    assert answer["id"] == world.order_id
+    assert answer["status"] == "PENDING_PAYMENT"
+
+
+CART_SELECTION = "cart { itemCount lines { quantity product { id } } } userErrors { code message }"
+
+# Every root field of the schema, who may use it and what it does. Keep it complete: the
+# parametrisation below comes from the schema, so a field missing here fails its cases.
+OPERATIONS: dict[str, Operation] = {
+    # Queries
+    "products": Operation(
+        "query",
+        "{ products(first: 10) { edges { node { id sku stock } } pageInfo { hasNextPage } } }",
+        _roles(ALLOWED, ALLOWED, ALLOWED, ALLOWED),
+        _lists_the_catalogue,
+    ),
+    "product": Operation(
+        "query",
+        "query($p: ID!) { product(id: $p) { id sku stock } }",
+        _roles(ALLOWED, ALLOWED, ALLOWED, ALLOWED),
+        _shows_the_product,
+        variables=_mug_var,
+    ),
+    "cart": Operation(
+        "query",
+        "{ cart { itemCount lines { quantity product { id } } } }",
+        _roles(UNAUTHENTICATED, ALLOWED, OWN, OWN),
+        _shows_the_callers_cart,
+    ),
+    "order": Operation(
+        "query",
+        "query($o: ID!) { order(id: $o) { id status lines { productId quantity } } }",
+        _roles(UNAUTHENTICATED, ALLOWED, ABSENT, ALLOWED),
+        _shows_the_order,
+        variables=_order_var,
+    ),
+    "myOrders": Operation(
+        "query",
+        "{ myOrders { edges { node { id status } } } }",
+        _roles(UNAUTHENTICATED, ALLOWED, OWN, OWN),
+        _lists_the_callers_orders,
+    ),
+    "orders": Operation(
+        "query",
+        "{ orders { edges { node { id status } } } }",
+        _roles(UNAUTHENTICATED, FORBIDDEN_ERROR, FORBIDDEN_ERROR, ALLOWED),
+        _lists_every_order,
+    ),
+    "undeliveredEmails": Operation(
+        "query",
+        "{ undeliveredEmails { id status orderId recipient } }",
+        _roles(UNAUTHENTICATED, FORBIDDEN_ERROR, FORBIDDEN_ERROR, ALLOWED),
+        _lists_undelivered_mail,
+    ),
+    # Mutations on the caller's own cart
+    "addToCart": Operation(
+        "mutation",
+        """mutation($p: ID!) { addToCart(productId: $p, quantity: 1) {
+             %s } }"""
+        % CART_SELECTION,
+        _roles(UNAUTHENTICATED, ALLOWED, OWN, OWN),
+        _added,
+        variables=_mug_var,
+    ),
+    "setCartQuantity": Operation(
+        "mutation",
+        """mutation($p: ID!) { setCartQuantity(productId: $p, quantity: 3) {
+             %s } }"""
+        % CART_SELECTION,
+        _roles(UNAUTHENTICATED, ALLOWED, OWN, OWN),
+        _set,
+        variables=_mug_var,
+    ),
+    "removeFromCart": Operation(
+        "mutation",
+        """mutation($p: ID!) { removeFromCart(productId: $p) {
+             %s } }"""
+        % CART_SELECTION,
+        _roles(UNAUTHENTICATED, ALLOWED, OWN, OWN),
+        _removed,
+        variables=_mug_var,
+    ),
+    "checkout": Operation(
+        "mutation",
+        "mutation { checkout { orderId order { id status } userErrors { code message } } }",
+        _roles(UNAUTHENTICATED, ALLOWED, OWN, OWN),
+        _checked_out,
+    ),
+    # Mutations on the owner's order
+    "cancelOrder": Operation(
+        "mutation",
+        ORDER_MUTATION % "cancelOrder",
+        # Staff too: cancelling is the shopper's own act (resolvers.cancel_order filters by
+        # the caller), so a clerk's cancel reads as NOT_FOUND like anyone else's.
+        _roles(UNAUTHENTICATED, ALLOWED, NOT_FOUND, NOT_FOUND),
+        _cancelled,
+        variables=_order_var,
+    ),
+    "syncOrderPayment": Operation(
+        "mutation",
+        ORDER_MUTATION % "syncOrderPayment",
+        _roles(UNAUTHENTICATED, ALLOWED, NOT_FOUND, ALLOWED),
+        _synced,
+        stage="completed",
+        variables=_order_var,
+    ),
+    # Staff only
+    "upsertProduct": Operation(
+        "mutation",
+        """mutation { upsertProduct(input: {sku: "NEW-1", name: "New", price: 100, stock: 3}) {
+             product { id sku stock } userErrors { code message } } }""",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _upserted,
+    ),
+    "markOrderAwaitingShipment": Operation(
+        "mutation",
+        ORDER_MUTATION % "markOrderAwaitingShipment",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _moved_to("awaiting_shipment"),
+        stage="paid",
+        variables=_order_var,
+    ),
+    "markOrderShipped": Operation(
+        "mutation",
+        SHIP,
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _moved_to("shipped"),
+        stage="awaiting",
+        variables=_order_var,
+    ),
+    "markOrderDelivered": Operation(
+        "mutation",
+        ORDER_MUTATION % "markOrderDelivered",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _moved_to("delivered"),
+        stage="shipped",
+        variables=_order_var,
+    ),
+    "refundOrder": Operation(
+        "mutation",
+        ORDER_MUTATION % "refundOrder",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _refunded,
+        stage="paid",
+        variables=_order_var,
+    ),
+    "retryEmail": Operation(
+        "mutation",
+        """mutation($m: ID!) { retryEmail(id: $m) {
+             email { id status } userErrors { code message } } }""",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _mail_retried,
+        variables=lambda world: {"m": str(world.dead_mail_id)},
+    ),
+    # Subscription
+    "orderStatusChanged": Operation(
+        "subscription",
+        "",  # sent by tests.utils.live.Follower
+        _roles(UNAUTHENTICATED, ALLOWED, NOT_FOUND, ALLOWED),
+        _follows,
+        variables=_order_var,
+    ),
+}
+
+
+def schema_root_fields() -> list[tuple[str, str]]:
+    """(kind, field) for every root field of the schema the service serves."""
+    schema = build_schema(debug=True)._schema
+    roots = (
+        ("query", schema.query_type),
+        ("mutation", schema.mutation_type),
+        ("subscription", schema.subscription_type),
+    )
+    return [(kind, name) for kind, root in roots if root is not None for name in root.fields]
+
+
+ROOT_FIELDS = schema_root_fields()
+
+
+def test_every_root_field_has_an_authorization_entry() -> None:
+    served = {name: kind for kind, name in ROOT_FIELDS}
+    assert len(served) == len(ROOT_FIELDS)
+    missing = sorted(set(served) - set(OPERATIONS))
+    assert missing == [], f"root fields with no authorization expectation: {missing}"
+    stale = sorted(set(OPERATIONS) - set(served))
+    assert stale == [], f"expectations for fields the schema no longer has: {stale}"
+    assert {name: OPERATIONS[name].kind for name in served} == served
+    assert {kind for kind, _ in ROOT_FIELDS} == {"query", "mutation", "subscription"}
+
+
+async def _ask(app: Harness, document: str, variables: dict[str, Any], token: str | None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = await app.http.post(
+        f"{app.url}/graphql", json={"query": document, "variables": variables}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
+async def _subscribe(world: World, role: str) -> tuple[str, Any]:
+    """('next', the first order) or ('error', the one error), over graphql-transport-ws."""
+    async with Follower(world.app.url, world.token(role), world.order_id, TRANSPORT_WS) as follower:
+        if OPERATIONS["orderStatusChanged"].expect[role] in REFUSALS:
+            return "error", await follower.refused()
+        return "next", await follower.next()
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "role"),
+    [
+        pytest.param(kind, name, role, id=f"{kind}.{name}-{role}")
+        for kind, name in ROOT_FIELDS
+        for role in ROLES
+    ],
+)
+async def test_authorization_matrix(app: Harness, kind: str, name: str, role: str) -> None:
+    operation = OPERATIONS.get(name)
+    if operation is None:
+        pytest.fail(f"{kind} {name} has no entry in OPERATIONS: say who may use it")
+    assert operation.kind == kind
+    expected = operation.expect[role]
+    world = await build_world(app, operation.stage)
+    before = await snapshot(app.emulator)
+    users_before = await user_ids()
+
+    if kind == "subscription":
+        what, answer = await _subscribe(world, role)
+        text = json.dumps(answer)
+        errors = [answer] if what == "error" else []
+        payload = answer if what == "next" else None
+    else:
+        response = await _ask(
+            app, operation.document, operation.variables(world), world.token(role)
+        )
+        text = response.text
+        body = response.json()
+        errors = body.get("errors") or []
+        payload = (body.get("data") or {}).get(name)
+    await app.emulator.drain()
+    after = await snapshot(app.emulator)
+    users_after = await user_ids()
+
+    if expected in REFUSALS:
+        if expected in (UNAUTHENTICATED, FORBIDDEN_ERROR) or (
+            kind == "subscription" and expected == NOT_FOUND
+        ):
+            code = expected.split()[0]
+            assert [e.get("extensions", {}).get("code") for e in errors] == [code], text
+            if kind != "subscription":
+                assert errors[0]["path"] == [name], text
+                assert payload is None, text
+        elif expected == ABSENT:
+            assert errors == [] and payload is None, text
+        else:  # a payload whose userErrors say why, and nothing else
+            assert errors == [] and payload is not None, text
+            assert [e["code"] for e in payload["userErrors"]] == [expected], text
+            assert all(v is None for k, v in payload.items() if k != "userErrors"), text
+        assert world.order_id not in text  # not even the id of what was refused
+        assert after == before, "a refused request changed the stored state"
+        if role == "anonymous":
+            assert users_after == users_before  # no user row without a valid token
+        else:
+            assert users_after - users_before <= {USERS[role]}
+        return
+
+    assert errors == [], text
+    await operation.effect(world, role, payload)
+    if kind != "mutation":
+        assert after == before, "a read changed the stored state"
+    elif expected == OWN:
+        # Whatever the caller did to their own cart, the owner's order and cart are as they were.
+        caller = USERS[role]
+        assert without_cart_of(after, caller) == without_cart_of(before, caller)
+    else:
+        assert after != before
+
+
+# Bearer tokens that must be refused
+
+
+def _b64(part: dict[str, Any]) -> str:
+    raw = json.dumps(part, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+DROP = object()
+INTRUDER = "intruder"
+
+
+def _claims(**override: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": INTRUDER,
+        "email": "intruder@example.com",
+        "roles": ["staff"],
+        "iat": now,
+        "exp": now + 3600,
+    }
+    for key, value in override.items():
+        if value is DROP:
+            claims.pop(key, None)
+        else:
+            claims[key] = value
+    return claims
+
+
+def _signed(claims: dict[str, Any], key: str = JWT_SECRET, algorithm: str = "HS256") -> str:
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+def _unsigned(alg: str) -> str:
+    return f"{_b64({'alg': alg, 'typ': 'JWT'})}.{_b64(_claims())}."
+
+
+def _with_payload(token: str, claims: dict[str, Any]) -> str:
+    """The token's header and signature around other claims."""
+    header, _, signature = token.split(".")
+    return f"{header}.{_b64(claims)}.{signature}"
+
+
+BAD_TOKENS: dict[str, Callable[[], str]] = {
+    "alg none": lambda: _unsigned("none"),
+    "alg None": lambda: _unsigned("None"),
+    "alg none with the real signature": lambda: (
+        _b64({"alg": "none", "typ": "JWT"})
+        + "."
+        + _b64(_claims())
+        + "."
+        + _signed(_claims()).rsplit(".", 1)[1]
+    ),
+    "signature stripped": lambda: _signed(_claims()).rsplit(".", 1)[0] + ".",
+    "HS512 with the right key": lambda: _signed(_claims(), algorithm="HS512"),
+    "wrong key": lambda: _signed(_claims(), key="another-secret-" + "y" * 32),
+    "expired": lambda: _signed(_claims(exp=int(time.time()) - 60)),
+    "not yet valid": lambda: _signed(_claims(nbf=int(time.time()) + 3600)),
+    "no sub and no exp": lambda: _signed(_claims(sub=DROP, exp=DROP)),
+    "no sub": lambda: _signed(_claims(sub=DROP)),
+    "no exp": lambda: _signed(_claims(exp=DROP)),
+    "empty sub": lambda: _signed(_claims(sub="")),
+    "sub not a string": lambda: _signed(_claims(sub=42)),
+    "sub too long": lambda: _signed(_claims(sub="x" * 256)),
+    "exp not a number": lambda: _signed(_claims(exp="never")),
+    "not a JWT": lambda: "not.a.jwt",
+    "payload tampered": lambda: _with_payload(_signed(_claims()), _claims(sub="someone-else")),
+}
+
+CART = "{ cart { itemCount } }"
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # HS512, our key
+@pytest.mark.parametrize("make_token", BAD_TOKENS.values(), ids=list(BAD_TOKENS))
+async def test_bad_tokens_are_unauthenticated_and_create_no_user(
+    app: Harness, make_token: Callable[[], str]
+) -> None:
+    token = make_token()
+    response = await _ask(app, CART, {}, token)
+    body = response.json()
+    assert body["data"] is None, body
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["UNAUTHENTICATED"], body
+    staff_only = (await _ask(app, "{ orders { edges { node { id } } } }", {}, token)).json()
+    assert [e["extensions"]["code"] for e in staff_only["errors"]] == ["UNAUTHENTICATED"]
+    assert await User.all().count() == 0
+
+    # The same token in a WebSocket's connection_init refuses the connection.
+    async with await RawSocket.open(app.url, TRANSPORT_WS) as raw:
+        await raw.send({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}})
+        with pytest.raises(ConnectionClosed) as closed:
+            await raw.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+    assert await User.all().count() == 0
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Basic " + base64.b64encode(b"intruder:pw").decode(), "Bearer", "Bearer .", "Token abc"],
+)
+async def test_malformed_authorization_headers_are_unauthenticated(
+    app: Harness, header: str
+) -> None:
+    response = await app.http.post(
+        f"{app.url}/graphql", json={"query": CART}, headers={"Authorization": header}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["UNAUTHENTICATED"], body
+    assert await User.all().count() == 0
+
+
+async def test_a_valid_token_is_accepted_and_creates_its_user(app: Harness) -> None:
+    """The control for the refusals above: the same claims, properly signed, are let in."""
+    token = _signed(_claims())
+    body = (await _ask(app, CART, {}, token)).json()
+    assert body == {"data": {"cart": {"itemCount": 0}}}
+    staff = (await _ask(app, "{ orders { edges { node { id } } } }", {}, token)).json()
+    assert staff == {"data": {"orders": {"edges": []}}}
+    user = await User.get(id=INTRUDER)
+    assert (user.email, user.is_staff) == ("intruder@example.com", True)

@@ -1,0 +1,299 @@
+"""The reference success page in a real browser (Debian's Chromium, driven by Playwright).
+
+The page is served by a real `ordergraph serve` process with `SUCCESS_PAGE=true`, whose
+`FRONTEND_URL` and allowed origin are its own address (the WebSocket origin check must admit
+the page). A second app cannot run inside the test process: the ORM's state is per process, and
+the session harness already owns it. The process shares the test database and the Stripe
+emulator; Stripe's webhook is pointed at it for the payment.
+
+Without /usr/bin/chromium the browser tests skip, except with CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    Request,
+    WebSocket,
+    async_playwright,
+    expect,
+)
+
+from ordergraph.models import Order
+from ordergraph.stripe_emulator import StripeEmulator
+from tests.conftest import IN_CI, OUTPUT_DIR, Harness, SmtpServer, service_env
+from tests.utils.helpers import checked_out_order, make_product
+from tests.utils.live import ServerProcess, unique
+
+CHROMIUM = Path("/usr/bin/chromium")
+# No internet here: without these Chromium keeps trying to reach Google's services.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = OUTPUT_DIR / "success-page-confirmed.png"
+TIMEOUT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's Chromium; Playwright's own browser download is never used."""
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is not installed (apt-get install chromium)"
+        if IN_CI:
+            pytest.fail(f"CI must run the browser tests: {reason}")
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium_browser = await playwright.chromium.launch(
+            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium_browser
+        await chromium_browser.close()
+
+
+@pytest.fixture(scope="module")
+async def shop(
+    harness: Harness,
+    database_url: str,
+    stripe_server: tuple[StripeEmulator, str],
+    smtp: SmtpServer,
+) -> AsyncIterator[ServerProcess]:
+    """The service with the success page on, serving the page from its own origin."""
+    env = service_env(
+        database_url, stripe_server[1], smtp.port, SUCCESS_PAGE="true", SWEEP_INTERVAL_SECONDS="0"
+    )
+    process = ServerProcess(env, "success-page")
+    # The port is known only now: the page's origin is the process's own address.
+    process.env.update(FRONTEND_URL=process.url, ALLOWED_ORIGINS=process.url)
+    await process.start()
+    try:
+        yield process
+    finally:
+        await process.stop()
+
+
+@dataclass
+class Watch:
+    """What the page did on the network and in its console."""
+
+    queries: int = 0
+    sync_calls: int = 0
+    sockets: list[str] = field(default_factory=list)
+    received: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def attach(self, page: Page) -> None:
+        page.on("request", self._request)
+        page.on("websocket", self._websocket)
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+
+    def _request(self, request: Request) -> None:
+        if request.method == "POST" and request.url.endswith("/graphql"):
+            self.queries += 1
+            if _is_sync(request):
+                self.sync_calls += 1
+
+    def _websocket(self, socket: WebSocket) -> None:
+        self.sockets.append(socket.url)
+        socket.on("framereceived", lambda payload: self.received.append(json.loads(payload)))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type in ("error", "warning"):
+            self.problems.append(f"console {message.type}: {message.text}")
+
+    def pushed_statuses(self) -> list[str]:
+        """The statuses the subscription delivered, in order."""
+        return [
+            m["payload"]["data"]["orderStatusChanged"]["status"]
+            for m in self.received
+            if m.get("type") == "next"
+        ]
+
+
+def _is_sync(request: Request) -> bool:
+    return request.url.endswith("/graphql") and "syncOrderPayment" in (request.post_data or "")
+
+
+async def _new_page(browser: Browser) -> tuple[Page, Watch]:
+    context = await browser.new_context(
+        locale="en-US", timezone_id="UTC", viewport={"width": 760, "height": 600}
+    )
+    page = await context.new_page()
+    watch = Watch()
+    watch.attach(page)
+    return page, watch
+
+
+async def test_the_page_shows_the_payment_as_it_lands_without_a_reload(
+    browser: Browser, shop: ServerProcess, app: Harness
+) -> None:
+    """Stripe returns the shopper before its webhook lands: the page must show the pending
+    order, then the confirmed one when the webhook arrives, pushed over its subscription (no
+    reload, no polling), and ask Stripe through syncOrderPayment exactly once."""
+    shopper = app.token(unique("shopper"))
+    product = await make_product(unique("TEE"), price=2500, name="Organic cotton tee")
+    placed = await checked_out_order(dataclasses.replace(app, url=shop.url), shopper, product, 2)
+    order = await Order.get(id=placed["orderId"])
+    session_id = order.stripe_checkout_session_id
+    assert session_id is not None
+    # Where Stripe sends the shopper back: FRONTEND_URL/order-success/{id}?session_id=...
+    return_url = app.emulator.sessions[session_id]["return_url"]
+    return_url = return_url.replace("{CHECKOUT_SESSION_ID}", session_id)
+    assert return_url.startswith(f"{shop.url}/order-success/{order.id}?session_id=cs_")
+
+    page, watch = await _new_page(browser)
+    try:
+        async with page.expect_response(lambda r: _is_sync(r.request)) as synced:
+            response = await page.goto(f"{return_url}#token={shopper}")
+        assert response is not None and response.status == 200
+        assert "script-src 'sha256-" in response.headers["content-security-policy"]
+        assert (await synced.value).ok
+
+        status = page.get_by_test_id("status")
+        await expect(status).to_have_text("PENDING_PAYMENT", timeout=TIMEOUT_MS)
+        await expect(page.get_by_test_id("live")).to_have_text("live", timeout=TIMEOUT_MS)
+        await page.evaluate("window.__noReload = true")
+        assert "token" not in page.url, "the token must leave the address bar"
+
+        app.emulator.webhook_url = f"{shop.url}/webhooks/stripe"
+        try:
+            delivery = await app.emulator.complete_session(session_id)
+        finally:
+            app.emulator.webhook_url = f"{app.url}/webhooks/stripe"
+        assert delivery.status_code == 200, delivery.body
+
+        await expect(status).to_have_text("PAYMENT_CONFIRMED", timeout=TIMEOUT_MS)
+        await expect(page.get_by_test_id("payment-status")).to_have_text("PAID")
+        await expect(page.get_by_test_id("status-message")).to_have_text(
+            "Payment received — we're preparing your order."
+        )
+        await expect(page.get_by_test_id("total")).to_have_text("$50.00")
+        await expect(page.locator("#lines tr")).to_have_text(["Organic cotton tee2$25.00$50.00"])
+        address = page.get_by_test_id("shipping-address")
+        assert (await address.inner_text()).splitlines() == [
+            "Jenny Rosen",
+            "510 Townsend St",
+            "San Francisco, CA 94103",
+            "US",
+        ]
+        await expect(page.get_by_test_id("history").locator("li")).to_have_count(2)
+        await expect(page.get_by_test_id("live")).to_have_text("live")
+
+        # The copies race (query, syncOrderPayment, subscription); a late, older one must not
+        # undo the newer. The race cannot be forced from outside: hand the page a stale copy.
+        pending = next(m for m in watch.received if m.get("type") == "next")
+        await page.evaluate("message => accept(message.payload.data.orderStatusChanged)", pending)
+        await expect(status).to_have_text("PAYMENT_CONFIRMED")
+
+        assert await page.evaluate("window.__noReload") is True
+        assert watch.pushed_statuses()[-1] == "PAYMENT_CONFIRMED", watch.received
+        assert watch.sync_calls == 1
+        assert len(watch.sockets) == 1, watch.sockets
+        assert watch.problems == []
+
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=SCREENSHOT, full_page=True)
+        print(f"screenshot: {SCREENSHOT}")
+    finally:
+        await page.context.close()
+
+
+async def test_a_stranger_and_a_missing_token_see_no_order(
+    browser: Browser, shop: ServerProcess, app: Harness
+) -> None:
+    """Someone else's token on the shopper's link must show nothing of the order, only that it
+    was not found (as the API answers: the order is not theirs to know of); no token at all asks
+    the visitor to sign in."""
+    owner = app.token(unique("owner"))
+    product = await make_product(unique("LAMP"), price=4200, name="Brass desk lamp")
+    placed = await checked_out_order(dataclasses.replace(app, url=shop.url), owner, product)
+    page_url = f"{shop.url}/order-success/{placed['orderId']}"
+
+    page, watch = await _new_page(browser)
+    try:
+        await page.goto(f"{page_url}#token={app.token(unique('mallory'))}")
+        error = page.get_by_test_id("error")
+        await expect(error).to_contain_text("couldn't find this order", timeout=TIMEOUT_MS)
+        await expect(error).to_contain_text("NOT_FOUND")
+        await expect(page.get_by_test_id("live")).to_have_text("offline")
+        await expect(page.get_by_test_id("status")).to_be_hidden()
+        assert await page.get_by_test_id("status").text_content() == ""
+        assert await page.locator("#lines tr").count() == 0
+        assert "Brass desk lamp" not in await page.locator("body").inner_text()
+        assert watch.problems == []
+    finally:
+        await page.context.close()
+
+    page, _ = await _new_page(browser)
+    try:
+        await page.goto(page_url)
+        error = page.get_by_test_id("error")
+        await expect(error).to_contain_text("sign in", timeout=TIMEOUT_MS)
+        await expect(error).to_contain_text("UNAUTHENTICATED")
+        await expect(page.get_by_test_id("status")).to_be_hidden()
+    finally:
+        await page.context.close()
+
+
+async def test_the_page_is_not_served_unless_enabled(harness: Harness) -> None:
+    """A production shop serves its own success page: by default this one does not exist."""
+    response = await harness.http.get(f"{harness.url}/order-success/x")
+    assert response.status_code == 404
+
+
+async def test_after_a_lost_connection_the_first_message_brings_what_was_missed(
+    browser: Browser, shop: ServerProcess, app: Harness
+) -> None:
+    """The payment lands while the page's server is down (the webhook reaches another
+    instance): the page must say it is reconnecting, come back on its own, and show the change
+    from the new subscription's first message, without querying again."""
+    shopper = app.token(unique("shopper"))
+    product = await make_product(unique("MUG"), price=1200, name="Stoneware mug")
+    placed = await checked_out_order(dataclasses.replace(app, url=shop.url), shopper, product)
+    order = await Order.get(id=placed["orderId"])
+    assert order.stripe_checkout_session_id is not None
+
+    page, watch = await _new_page(browser)
+    try:
+        async with page.expect_response(lambda r: _is_sync(r.request)):
+            await page.goto(f"{shop.url}/order-success/{order.id}#token={shopper}")
+        status, live = page.get_by_test_id("status"), page.get_by_test_id("live")
+        await expect(status).to_have_text("PENDING_PAYMENT", timeout=TIMEOUT_MS)
+        await expect(live).to_have_text("live", timeout=TIMEOUT_MS)
+
+        await shop.stop()
+        await expect(live).to_have_text("reconnecting…", timeout=TIMEOUT_MS)
+        delivery = await app.emulator.complete_session(order.stripe_checkout_session_id)
+        assert delivery.status_code == 200, delivery.body  # applied by the harness's instance
+        await shop.start()
+        # The page's next try may be up to 15 s away (backoff); a browser that regains its
+        # network says so, and the page tries at once.
+        await page.evaluate("window.dispatchEvent(new Event('online'))")
+
+        await expect(status).to_have_text("PAYMENT_CONFIRMED", timeout=TIMEOUT_MS)
+        await expect(live).to_have_text("live")
+        assert len(watch.sockets) >= 2, watch.sockets
+        assert (watch.queries, watch.sync_calls) == (2, 1)  # the order query and the sync only
+    finally:
+        await page.context.close()
