@@ -19,6 +19,7 @@ from strawberry.extensions import (
 from strawberry.types import ExecutionContext
 
 from ordergraph.resolvers import cart, catalog, emails, orders, subscriptions
+from ordergraph.resolvers.base import RefuseBadToken
 from ordergraph.resolvers.types import (
     Cart,
     CartPayload,
@@ -140,6 +141,7 @@ def build_schema(*, debug: bool = False) -> strawberry.Schema:
         lambda: ParserCache(maxsize=512),
         lambda: ValidationCache(maxsize=512),
         subscriptions.WebSocketOnly,
+        RefuseBadToken,
     ]
     if not debug:
         from strawberry.extensions import DisableIntrospection

@@ -620,6 +620,7 @@ BAD_TOKENS: dict[str, Callable[[], str]] = {
 }
 
 CART = "{ cart { itemCount } }"
+PRODUCTS = "{ products { edges { node { sku } } } }"
 
 
 @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # HS512, our key
@@ -634,6 +635,10 @@ async def test_bad_tokens_are_unauthenticated_and_create_no_user(
     assert [e["extensions"]["code"] for e in body["errors"]] == ["UNAUTHENTICATED"], body
     staff_only = (await _ask(app, "{ orders { edges { node { id } } } }", {}, token)).json()
     assert [e["extensions"]["code"] for e in staff_only["errors"]] == ["UNAUTHENTICATED"]
+    # Public fields too: served as anonymous, a client would never learn its token is bad.
+    public = (await _ask(app, PRODUCTS, {}, token)).json()
+    assert public["data"] is None, public
+    assert [e["extensions"]["code"] for e in public["errors"]] == ["UNAUTHENTICATED"]
     assert await User.all().count() == 0
 
     # The same token in a WebSocket's connection_init refuses the connection.
@@ -668,5 +673,7 @@ async def test_a_valid_token_is_accepted_and_creates_its_user(app: Harness) -> N
     assert body == {"data": {"cart": {"itemCount": 0}}}
     staff = (await _ask(app, "{ orders { edges { node { id } } } }", {}, token)).json()
     assert staff == {"data": {"orders": {"edges": []}}}
+    assert (await _ask(app, PRODUCTS, {}, token)).json() == {"data": {"products": {"edges": []}}}
+    assert (await _ask(app, PRODUCTS, {}, None)).json() == {"data": {"products": {"edges": []}}}
     user = await User.get(id=INTRUDER)
     assert (user.email, user.is_staff) == ("intruder@example.com", True)
