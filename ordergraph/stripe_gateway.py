@@ -140,6 +140,47 @@ def session_from_stripe(obj: Mapping[str, Any]) -> CheckoutSession:
     )
 
 
+@dataclass(frozen=True)
+class PaymentRecord:
+    """A charge or a dispute, as far as the service reads one: which payment it is about and
+    what it says of it. Fields Stripe left out, or sent in a shape we do not read, are None."""
+
+    id: str
+    payment_intent_id: str | None
+    order_id: str | None
+    amount: int | None
+    amount_refunded: int | None
+    reason: str | None
+    status: str | None
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def payment_record_from_stripe(obj: Mapping[str, Any]) -> PaymentRecord:
+    data = obj.to_dict() if isinstance(obj, stripe.StripeObject) else obj
+    if not isinstance(data, Mapping):
+        raise MalformedStripeObject("a charge or dispute must be an object")
+    payment_intent = data.get("payment_intent")
+    if isinstance(payment_intent, Mapping):
+        payment_intent = payment_intent.get("id")
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise MalformedStripeObject("metadata is not an object")
+    order_id = metadata.get("order_id")
+    reason, status = data.get("reason"), data.get("status")
+    return PaymentRecord(
+        id=str(data.get("id")),
+        payment_intent_id=payment_intent if isinstance(payment_intent, str) else None,
+        order_id=order_id if isinstance(order_id, str) else None,
+        amount=_whole(data.get("amount")),
+        amount_refunded=_whole(data.get("amount_refunded")),
+        reason=str(reason) if reason else None,
+        status=status if isinstance(status, str) else None,
+    )
+
+
 def parse_webhook(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
     """Verify Stripe's signature on the raw body, then (and only then) parse it."""
     if not signature:

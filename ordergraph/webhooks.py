@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ordergraph import logs, metrics
-from ordergraph.domain.payments import RetryLater, apply_stripe_event
+from ordergraph.domain.payments import RetryLater
+from ordergraph.domain.stripe_events import apply_stripe_event
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import BadWebhook, MalformedStripeObject, parse_webhook
 

@@ -1,25 +1,18 @@
-"""Applying what Stripe tells us about payments.
+"""What a payment does to an order: confirmation, failure, cancellation, refunds.
 
-`confirm_checkout` is the one confirmation, whether the news comes by webhook, by the shopper's
-success page asking Stripe (`syncOrderPayment`) or by the sweeper reconciling an overdue order.
-
-A Stripe event is applied at most once: its id is recorded in the same transaction as the
-change it causes, so a repeated delivery finds it and changes nothing. Events arrive in any
-order; one that depends on another not yet seen (a refund before the payment) raises
-`RetryLater`, is not recorded, and Stripe's own retry brings it back when it can apply.
+`confirm_checkout` is the one confirmation, whether the news comes by webhook
+(`stripe_events`), by the shopper's success page asking Stripe (`syncOrderPayment`) or by the
+sweeper reconciling an overdue order.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
-
-from tortoise.exceptions import IntegrityError
 
 from ordergraph.db import transaction
 from ordergraph.domain.errors import BusinessError, ErrorCode, order_not_found
@@ -31,15 +24,12 @@ from ordergraph.models import (
     OrderStatus,
     PaymentStatus,
     PaymentTracker,
-    ProcessedStripeEvent,
 )
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import (
     CheckoutSession,
-    MalformedStripeObject,
     PaymentProviderError,
     StripeGateway,
-    session_from_stripe,
 )
 
 log = logging.getLogger(__name__)
@@ -64,23 +54,23 @@ class PaymentServices:
     gateway: StripeGateway
 
 
-class _Discard(Exception):
+class Discard(Exception):
     """Roll back the event's transaction (its id included) and report `outcome`."""
 
     def __init__(self, outcome: Outcome) -> None:
         self.outcome = outcome
 
 
-def _uuid_or_none(raw: object) -> str | None:
+def uuid_or_none(raw: object) -> str | None:
     try:
         return str(uuid.UUID(str(raw))) if raw else None
     except ValueError:
         return None
 
 
-async def _order_of_session(session: CheckoutSession) -> Order | None:
+async def order_of_session(session: CheckoutSession) -> Order | None:
     """The session's order, locked, if the session is really its own; None (logged) otherwise."""
-    order_id = _uuid_or_none(session.metadata.get("order_id"))
+    order_id = uuid_or_none(session.metadata.get("order_id"))
     if order_id is None:
         log.warning("checkout session %s carries no valid metadata.order_id", session.id)
         return None
@@ -102,7 +92,7 @@ async def _order_of_session(session: CheckoutSession) -> Order | None:
         security_log.warning(
             "refused checkout session %s for order %s: %s", session.id, order.id, problem
         )
-        raise _Discard(Outcome.REJECTED)
+        raise Discard(Outcome.REJECTED)
     return order
 
 
@@ -125,7 +115,7 @@ async def confirm_checkout(
     once if not. Unpaid (a delayed method): the payment is PROCESSING and the order keeps its
     stock until Stripe says how it ended.
     """
-    order = await _order_of_session(session)
+    order = await order_of_session(session)
     if order is None:
         return Outcome.IGNORED
     if session.status != "complete":
@@ -226,35 +216,6 @@ async def _refund_late_payment(
     )
 
 
-async def _on_session_completed(
-    obj: dict[str, Any], actor: str, services: PaymentServices
-) -> Outcome:
-    return await confirm_checkout(session_from_stripe(obj), actor=actor, services=services)
-
-
-async def _on_async_payment_failed(
-    obj: dict[str, Any], actor: str, services: PaymentServices
-) -> Outcome:
-    order = await _order_of_session(session_from_stripe(obj))
-    if order is None:
-        return Outcome.IGNORED
-    if order.status != OrderStatus.PENDING_PAYMENT or order.paid_at is not None:
-        return Outcome.UNCHANGED
-    await change_order(
-        order,
-        status=OrderStatus.PAYMENT_FAILED,
-        payment_status=PaymentStatus.FAILED,
-        reason="payment failed",
-        actor=actor,
-    )
-    await emails.email_shopper(
-        order,
-        dedupe_key=f"payment-failed:{order.id}",
-        composed=emails.compose_payment_failed(order),
-    )
-    return Outcome.APPLIED
-
-
 async def cancel_pending(order: Order, *, reason: str, actor: str) -> bool:
     """Cancel an unpaid order and release its stock; False if it is no longer cancellable."""
     if order.status != OrderStatus.PENDING_PAYMENT or order.payment_status != PaymentStatus.PENDING:
@@ -267,41 +228,6 @@ async def cancel_pending(order: Order, *, reason: str, actor: str) -> bool:
         actor=actor,
     )
     return True
-
-
-async def _on_session_expired(
-    obj: dict[str, Any], actor: str, services: PaymentServices
-) -> Outcome:
-    order = await _order_of_session(session_from_stripe(obj))
-    if order is None:
-        return Outcome.IGNORED
-    cancelled = await cancel_pending(order, reason="expired", actor=actor)
-    return Outcome.APPLIED if cancelled else Outcome.UNCHANGED
-
-
-async def _order_of_payment(obj: dict[str, Any]) -> Order:
-    """The paid order a charge or dispute is about; RetryLater until its payment is recorded."""
-    payment_intent = obj.get("payment_intent")
-    if isinstance(payment_intent, dict):
-        payment_intent = payment_intent.get("id")
-    order = None
-    if isinstance(payment_intent, str):
-        order = await Order.filter(stripe_payment_intent_id=payment_intent).first()
-    metadata = obj.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise MalformedStripeObject("metadata is not an object")
-    if order is None:
-        order_id = _uuid_or_none(metadata.get("order_id"))
-        if order_id is None:
-            raise _Discard(Outcome.IGNORED)
-        order = await Order.filter(id=order_id).first()
-        if order is None:
-            raise _Discard(Outcome.IGNORED)
-    locked = await lock_order(str(order.id))
-    assert locked is not None
-    if locked.paid_at is None:
-        raise RetryLater(f"payment of order {order.id} is not recorded yet")
-    return locked
 
 
 async def apply_refund(order: Order, amount_refunded: int, *, actor: str) -> Outcome:
@@ -336,84 +262,6 @@ async def apply_refund(order: Order, amount_refunded: int, *, actor: str) -> Out
     return Outcome.APPLIED
 
 
-async def _on_charge_refunded(
-    obj: dict[str, Any], actor: str, services: PaymentServices
-) -> Outcome:
-    amount_refunded = obj.get("amount_refunded")
-    if not isinstance(amount_refunded, int) or amount_refunded < 0:
-        raise MalformedStripeObject("amount_refunded is not a whole number")
-    order = await _order_of_payment(obj)
-    return await apply_refund(order, amount_refunded, actor=actor)
-
-
-async def _on_dispute_created(
-    obj: dict[str, Any], actor: str, services: PaymentServices
-) -> Outcome:
-    order = await _order_of_payment(obj)
-    if order.payment_status == PaymentStatus.DISPUTED:
-        return Outcome.UNCHANGED
-    await change_order(
-        order,
-        payment_status=PaymentStatus.DISPUTED,
-        reason=f"dispute opened: {obj.get('reason') or 'unknown reason'}",
-        actor=actor,
-    )
-    await emails.email_staff(
-        services.settings,
-        order,
-        dedupe_key=f"dispute:{obj.get('id')}",
-        composed=emails.compose_dispute(order, str(obj.get("id")), obj.get("amount")),
-    )
-    return Outcome.APPLIED
-
-
-async def _on_dispute_closed(obj: dict[str, Any], actor: str, services: PaymentServices) -> Outcome:
-    order = await _order_of_payment(obj)
-    if order.payment_status != PaymentStatus.DISPUTED:
-        raise RetryLater(f"dispute {obj.get('id')} closed before it was seen opening")
-    won = obj.get("status") == "won"
-    await change_order(
-        order,
-        payment_status=PaymentStatus.PAID if won else PaymentStatus.REFUNDED,
-        reason="dispute won" if won else "dispute lost",
-        actor=actor,
-        fields={} if won else {"amount_refunded": order.total},
-    )
-    return Outcome.APPLIED
-
-
-EventHandler = Callable[[dict[str, Any], str, PaymentServices], Awaitable[Outcome]]
-
-HANDLERS: dict[str, EventHandler] = {
-    "checkout.session.completed": _on_session_completed,
-    "checkout.session.async_payment_succeeded": _on_session_completed,
-    "checkout.session.async_payment_failed": _on_async_payment_failed,
-    "checkout.session.expired": _on_session_expired,
-    "charge.refunded": _on_charge_refunded,
-    "charge.dispute.created": _on_dispute_created,
-    "charge.dispute.closed": _on_dispute_closed,
-}
-
-
-async def apply_stripe_event(event: dict[str, Any], services: PaymentServices) -> Outcome:
-    """Apply a verified Stripe event at most once; raises RetryLater when it cannot apply yet."""
-    handler = HANDLERS.get(event["type"])
-    if handler is None:
-        return Outcome.IGNORED
-    try:
-        async with transaction():
-            try:
-                await ProcessedStripeEvent.create(event_id=event["id"], type=event["type"])
-            except IntegrityError:
-                raise _Discard(Outcome.DUPLICATE) from None
-            outcome = await handler(event["data"]["object"], f"stripe:{event['id']}", services)
-            if outcome in (Outcome.IGNORED, Outcome.REJECTED):
-                raise _Discard(outcome)
-    except _Discard as discard:
-        return discard.outcome
-    return outcome
-
-
 async def sync_order_payment(
     order_id: str, *, user_id: str, staff: bool, services: PaymentServices
 ) -> Order:
@@ -437,5 +285,5 @@ async def sync_checkout(order: Order, *, actor: str, services: PaymentServices) 
     try:
         async with transaction():
             return await confirm_checkout(session, actor=actor, services=services)
-    except _Discard as discard:
+    except Discard as discard:
         return discard.outcome

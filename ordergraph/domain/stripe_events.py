@@ -1,0 +1,174 @@
+"""The Stripe events the service acts on, each handed to the domain action it means.
+
+A Stripe event is applied at most once: its id is recorded in the same transaction as the
+change it causes, so a repeated delivery finds it and changes nothing. Events arrive in any
+order; one that depends on another not yet seen (a refund before the payment) raises
+`RetryLater`, is not recorded, and Stripe's own retry brings it back when it can apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tortoise.exceptions import IntegrityError
+
+from ordergraph.db import transaction
+from ordergraph.domain.order_state import change_order, lock_order
+from ordergraph.domain.payments import (
+    Discard,
+    Outcome,
+    PaymentServices,
+    RetryLater,
+    apply_refund,
+    cancel_pending,
+    confirm_checkout,
+    order_of_session,
+    uuid_or_none,
+)
+from ordergraph.mail import messages as emails
+from ordergraph.models import Order, OrderStatus, PaymentStatus, ProcessedStripeEvent
+from ordergraph.stripe_gateway import (
+    MalformedStripeObject,
+    PaymentRecord,
+    payment_record_from_stripe,
+    session_from_stripe,
+)
+
+
+async def _on_session_completed(
+    obj: dict[str, Any], actor: str, services: PaymentServices
+) -> Outcome:
+    return await confirm_checkout(session_from_stripe(obj), actor=actor, services=services)
+
+
+async def _on_async_payment_failed(
+    obj: dict[str, Any], actor: str, services: PaymentServices
+) -> Outcome:
+    order = await order_of_session(session_from_stripe(obj))
+    if order is None:
+        return Outcome.IGNORED
+    if order.status != OrderStatus.PENDING_PAYMENT or order.paid_at is not None:
+        return Outcome.UNCHANGED
+    await change_order(
+        order,
+        status=OrderStatus.PAYMENT_FAILED,
+        payment_status=PaymentStatus.FAILED,
+        reason="payment failed",
+        actor=actor,
+    )
+    await emails.email_shopper(
+        order,
+        dedupe_key=f"payment-failed:{order.id}",
+        composed=emails.compose_payment_failed(order),
+    )
+    return Outcome.APPLIED
+
+
+async def _on_session_expired(
+    obj: dict[str, Any], actor: str, services: PaymentServices
+) -> Outcome:
+    order = await order_of_session(session_from_stripe(obj))
+    if order is None:
+        return Outcome.IGNORED
+    cancelled = await cancel_pending(order, reason="expired", actor=actor)
+    return Outcome.APPLIED if cancelled else Outcome.UNCHANGED
+
+
+async def _order_of_payment(record: PaymentRecord) -> Order:
+    """The paid order a charge or dispute is about; RetryLater until its payment is recorded."""
+    order = None
+    if record.payment_intent_id is not None:
+        order = await Order.filter(stripe_payment_intent_id=record.payment_intent_id).first()
+    if order is None:
+        order_id = uuid_or_none(record.order_id)
+        if order_id is None:
+            raise Discard(Outcome.IGNORED)
+        order = await Order.filter(id=order_id).first()
+        if order is None:
+            raise Discard(Outcome.IGNORED)
+    locked = await lock_order(str(order.id))
+    assert locked is not None
+    if locked.paid_at is None:
+        raise RetryLater(f"payment of order {order.id} is not recorded yet")
+    return locked
+
+
+async def _on_charge_refunded(
+    obj: dict[str, Any], actor: str, services: PaymentServices
+) -> Outcome:
+    charge = payment_record_from_stripe(obj)
+    if charge.amount_refunded is None:
+        raise MalformedStripeObject("amount_refunded is not a whole number")
+    order = await _order_of_payment(charge)
+    return await apply_refund(order, charge.amount_refunded, actor=actor)
+
+
+async def _on_dispute_created(
+    obj: dict[str, Any], actor: str, services: PaymentServices
+) -> Outcome:
+    dispute = payment_record_from_stripe(obj)
+    order = await _order_of_payment(dispute)
+    if order.payment_status == PaymentStatus.DISPUTED:
+        return Outcome.UNCHANGED
+    await change_order(
+        order,
+        payment_status=PaymentStatus.DISPUTED,
+        reason=f"dispute opened: {dispute.reason or 'unknown reason'}",
+        actor=actor,
+    )
+    await emails.email_staff(
+        services.settings,
+        order,
+        dedupe_key=f"dispute:{dispute.id}",
+        composed=emails.compose_dispute(order, dispute.id, dispute.amount),
+    )
+    return Outcome.APPLIED
+
+
+async def _on_dispute_closed(obj: dict[str, Any], actor: str, services: PaymentServices) -> Outcome:
+    dispute = payment_record_from_stripe(obj)
+    order = await _order_of_payment(dispute)
+    if order.payment_status != PaymentStatus.DISPUTED:
+        raise RetryLater(f"dispute {dispute.id} closed before it was seen opening")
+    won = dispute.status == "won"
+    await change_order(
+        order,
+        payment_status=PaymentStatus.PAID if won else PaymentStatus.REFUNDED,
+        reason="dispute won" if won else "dispute lost",
+        actor=actor,
+        fields={} if won else {"amount_refunded": order.total},
+    )
+    return Outcome.APPLIED
+
+
+EventHandler = Callable[[dict[str, Any], str, PaymentServices], Awaitable[Outcome]]
+
+HANDLERS: dict[str, EventHandler] = {
+    "checkout.session.completed": _on_session_completed,
+    "checkout.session.async_payment_succeeded": _on_session_completed,
+    "checkout.session.async_payment_failed": _on_async_payment_failed,
+    "checkout.session.expired": _on_session_expired,
+    "charge.refunded": _on_charge_refunded,
+    "charge.dispute.created": _on_dispute_created,
+    "charge.dispute.closed": _on_dispute_closed,
+}
+
+
+async def apply_stripe_event(event: dict[str, Any], services: PaymentServices) -> Outcome:
+    """Apply a verified Stripe event at most once; raises RetryLater when it cannot apply yet."""
+    handler = HANDLERS.get(event["type"])
+    if handler is None:
+        return Outcome.IGNORED
+    try:
+        async with transaction():
+            try:
+                await ProcessedStripeEvent.create(event_id=event["id"], type=event["type"])
+            except IntegrityError:
+                raise Discard(Outcome.DUPLICATE) from None
+            outcome = await handler(event["data"]["object"], f"stripe:{event['id']}", services)
+            if outcome in (Outcome.IGNORED, Outcome.REJECTED):
+                raise Discard(outcome)
+    except Discard as discard:
+        return discard.outcome
+    return outcome
