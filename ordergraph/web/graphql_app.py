@@ -1,0 +1,80 @@
+"""Strawberry's ASGI view, as the service serves it: JSON bodies checked, both WebSocket
+protocols hardened, and the caller's bearer token read once per request or connection."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.types.unset import UNSET, UnsetType
+
+from ordergraph.auth import AuthError, identity_from_header
+from ordergraph.resolvers.context import Context
+from ordergraph.schema import build_schema
+from ordergraph.settings import Settings
+from ordergraph.web.ws_protocols import LegacyWSHandler, TransportWSHandler
+
+KEEP_ALIVE_SECONDS = 15.0
+
+
+class GraphQLApp(GraphQL[Context, None]):
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Only a JSON object (or a batch) is a GraphQL request; anything else is a 400."""
+        try:
+            value = json.loads(data)
+        except UnicodeDecodeError as exc:
+            raise json.JSONDecodeError("body is not UTF-8", str(exc), 0) from None
+        if not isinstance(value, dict | list):
+            raise json.JSONDecodeError("body is not a JSON object", str(data)[:40], 0)
+        return value
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            build_schema(debug=settings.debug),
+            graphql_ide="graphiql" if settings.debug else None,
+            allow_queries_via_get=False,
+            allowed_origins=settings.allowed_origins,
+            # graphql-ws `ka` messages; both protocols also get uvicorn's WebSocket pings.
+            keep_alive=True,
+            keep_alive_interval=KEEP_ALIVE_SECONDS,
+        )
+        self.settings = settings
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """A WebSocket's token comes in `connection_init` (browsers cannot set headers on
+        one): a bad token refuses the connection; none leaves it anonymous."""
+        params = context.connection_params or {}
+        header = params.get("authorization") or params.get("Authorization")
+        if header is None:
+            return UNSET
+        try:
+            if not isinstance(header, str):
+                raise AuthError("authorization must be 'Bearer <token>'")
+            context.identity = identity_from_header(self.settings.jwt_secret, header)
+        except AuthError as exc:
+            raise ConnectionRejectionError({"message": str(exc)}) from None
+        return UNSET
+
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket
+    ) -> Context:
+        context = Context(
+            request=request,
+            response=response,
+            settings=self.settings,
+            services=request.app.state.services,
+        )
+        header = request.headers.get("authorization")
+        if header:
+            try:
+                context.identity = identity_from_header(self.settings.jwt_secret, header)
+            except AuthError as exc:
+                context.auth_error = str(exc)
+        return context
