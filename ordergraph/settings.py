@@ -44,6 +44,30 @@ def _int(name: str, value: str, *, low: int, high: int) -> int:
     return number
 
 
+class _Env:
+    """Reads one variable at a time, as Starlette's `Config` does: an unset or empty variable
+    is the default (taken from the `Settings` field, so each default is written once), a set
+    one is checked and its error names the variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def get(self, name: str) -> str | None:
+        value = self.env.get(name)
+        return value if value not in (None, "") else None
+
+    def string(self, name: str, default: str) -> str:
+        return self.get(name) or default
+
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
+        value = self.get(name)
+        return default if value is None else _int(name, value, low=low, high=high)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.get(name)
+        return default if value is None else _bool(name, value)
+
+
 def log_format_from_env(env: Mapping[str, str] | None = None) -> str:
     """LOG_FORMAT alone, for commands that log before (or without) the other settings."""
     value = ((os.environ if env is None else env).get("LOG_FORMAT") or "text").strip().lower()
@@ -76,7 +100,14 @@ class Settings:
     staff_email: str = "orders@localhost"
     mail_send_timeout_seconds: int = 20
     sweep_interval_seconds: int = 60
+    # How often the sweeper also compares Stripe's recent Checkout Sessions with the orders
+    # (`ordergraph reconcile`), and how far back it looks.
+    reconcile_interval_seconds: int = 900
+    reconcile_window_hours: int = 48
     checkout_rate_per_minute: int = 5
+    cart_max_lines: int = 100
+    max_units_per_line: int = 1000
+    max_unpaid_units_per_shopper: int = 2000
     expiry_grace_minutes: int = 5
     jwt_secret: str = field(default="", repr=False)
     debug: bool = False
@@ -89,97 +120,99 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            return value if value not in (None, "") else None
-
-        jwt_secret = get("JWT_SECRET")
+        read = _Env(os.environ if env is None else env)
+        jwt_secret = read.get("JWT_SECRET")
         if jwt_secret is None:
             raise SettingsError(
                 "JWT_SECRET is required: set it to the HS256 key that signs bearer tokens"
             )
-        frontend_url = (get("FRONTEND_URL") or cls.frontend_url).rstrip("/")
-        origins_raw = get("ALLOWED_ORIGINS")
+        frontend_url = read.string("FRONTEND_URL", cls.frontend_url).rstrip("/")
+        origins_raw = read.get("ALLOWED_ORIGINS")
         allowed_origins = (
             tuple(o.strip().rstrip("/") for o in origins_raw.split(",") if o.strip())
             if origins_raw
             else (_origin(frontend_url),)
         )
-        events_url = get("EVENTS_URL") or cls.events_url
+        events_url = read.string("EVENTS_URL", cls.events_url)
         if urlsplit(events_url).scheme not in EVENTS_SCHEMES:
             raise SettingsError(
                 f"EVENTS_URL must start with one of {', '.join(EVENTS_SCHEMES)} (://), "
                 f"not {events_url!r}"
             )
-        log_format = log_format_from_env(env)
-        metrics_dir = get("PROMETHEUS_MULTIPROC_DIR")
+        metrics_dir = read.get("PROMETHEUS_MULTIPROC_DIR")
         if metrics_dir is not None and not os.path.isdir(metrics_dir):
             raise SettingsError(
                 f"PROMETHEUS_MULTIPROC_DIR must be an existing directory, not {metrics_dir!r}"
             )
-        currency = (get("SHOP_CURRENCY") or cls.shop_currency).upper()
+        currency = read.string("SHOP_CURRENCY", cls.shop_currency).upper()
         if len(currency) != 3 or not currency.isalpha():
             raise SettingsError(f"SHOP_CURRENCY must be an ISO 4217 code, not {currency!r}")
+        countries = read.string("SHIPPING_COUNTRIES", ",".join(cls.shipping_countries))
+        mail_from = read.string("MAIL_FROM", cls.mail_from)
         return cls(
-            database_url=get("DATABASE_URL") or cls.database_url,
-            database_pool_size=_int(
-                "DATABASE_POOL_SIZE", get("DATABASE_POOL_SIZE") or "20", low=1, high=1000
+            database_url=read.string("DATABASE_URL", cls.database_url),
+            database_pool_size=read.integer(
+                "DATABASE_POOL_SIZE", cls.database_pool_size, low=1, high=1000
             ),
             events_url=events_url,
             frontend_url=frontend_url,
             allowed_origins=allowed_origins,
-            stripe_secret_key=get("STRIPE_SECRET_KEY"),
-            stripe_webhook_secret=get("STRIPE_WEBHOOK_SECRET"),
-            stripe_api_base=get("STRIPE_API_BASE"),
+            stripe_secret_key=read.get("STRIPE_SECRET_KEY"),
+            stripe_webhook_secret=read.get("STRIPE_WEBHOOK_SECRET"),
+            stripe_api_base=read.get("STRIPE_API_BASE"),
             stripe_timeout_seconds=float(
-                _int(
-                    "STRIPE_TIMEOUT_SECONDS", get("STRIPE_TIMEOUT_SECONDS") or "10", low=1, high=120
+                read.integer(
+                    "STRIPE_TIMEOUT_SECONDS", int(cls.stripe_timeout_seconds), low=1, high=120
                 )
             ),
-            stripe_max_retries=_int(
-                "STRIPE_MAX_RETRIES", get("STRIPE_MAX_RETRIES") or "2", low=0, high=5
+            stripe_max_retries=read.integer(
+                "STRIPE_MAX_RETRIES", cls.stripe_max_retries, low=0, high=5
             ),
             shop_currency=currency,
-            shipping_countries=tuple(
-                c.strip().upper()
-                for c in (get("SHIPPING_COUNTRIES") or "US").split(",")
-                if c.strip()
+            shipping_countries=tuple(c.strip().upper() for c in countries.split(",") if c.strip()),
+            checkout_ttl_minutes=read.integer(
+                "CHECKOUT_TTL_MINUTES", cls.checkout_ttl_minutes, low=30, high=1440
             ),
-            checkout_ttl_minutes=_int(
-                "CHECKOUT_TTL_MINUTES", get("CHECKOUT_TTL_MINUTES") or "30", low=30, high=1440
+            smtp_host=read.string("SMTP_HOST", cls.smtp_host),
+            smtp_port=read.integer("SMTP_PORT", cls.smtp_port, low=1, high=65535),
+            smtp_username=read.get("SMTP_USERNAME"),
+            smtp_password=read.get("SMTP_PASSWORD"),
+            smtp_starttls=read.boolean("SMTP_STARTTLS", cls.smtp_starttls),
+            mail_from=mail_from,
+            staff_email=read.string("STAFF_EMAIL", mail_from),
+            mail_send_timeout_seconds=read.integer(
+                "MAIL_SEND_TIMEOUT_SECONDS", cls.mail_send_timeout_seconds, low=1, high=300
             ),
-            smtp_host=get("SMTP_HOST") or cls.smtp_host,
-            smtp_port=_int("SMTP_PORT", get("SMTP_PORT") or "25", low=1, high=65535),
-            smtp_username=get("SMTP_USERNAME"),
-            smtp_password=get("SMTP_PASSWORD"),
-            smtp_starttls=_bool("SMTP_STARTTLS", get("SMTP_STARTTLS") or "false"),
-            mail_from=get("MAIL_FROM") or cls.mail_from,
-            staff_email=get("STAFF_EMAIL") or get("MAIL_FROM") or cls.staff_email,
-            mail_send_timeout_seconds=_int(
-                "MAIL_SEND_TIMEOUT_SECONDS",
-                get("MAIL_SEND_TIMEOUT_SECONDS") or "20",
+            checkout_rate_per_minute=read.integer(
+                "CHECKOUT_RATE_PER_MINUTE", cls.checkout_rate_per_minute, low=0, high=1_000_000
+            ),
+            cart_max_lines=read.integer("CART_MAX_LINES", cls.cart_max_lines, low=1, high=100),
+            max_units_per_line=read.integer(
+                "MAX_UNITS_PER_LINE", cls.max_units_per_line, low=1, high=1_000_000
+            ),
+            max_unpaid_units_per_shopper=read.integer(
+                "MAX_UNPAID_UNITS_PER_SHOPPER",
+                cls.max_unpaid_units_per_shopper,
                 low=1,
-                high=300,
+                high=100_000_000,
             ),
-            checkout_rate_per_minute=_int(
-                "CHECKOUT_RATE_PER_MINUTE",
-                get("CHECKOUT_RATE_PER_MINUTE") or "5",
-                low=0,
-                high=1_000_000,
+            sweep_interval_seconds=read.integer(
+                "SWEEP_INTERVAL_SECONDS", cls.sweep_interval_seconds, low=0, high=86400
             ),
-            sweep_interval_seconds=_int(
-                "SWEEP_INTERVAL_SECONDS", get("SWEEP_INTERVAL_SECONDS") or "60", low=0, high=86400
+            reconcile_interval_seconds=read.integer(
+                "RECONCILE_INTERVAL_SECONDS", cls.reconcile_interval_seconds, low=0, high=86400
             ),
-            expiry_grace_minutes=_int(
-                "EXPIRY_GRACE_MINUTES", get("EXPIRY_GRACE_MINUTES") or "5", low=0, high=1440
+            reconcile_window_hours=read.integer(
+                "RECONCILE_WINDOW_HOURS", cls.reconcile_window_hours, low=1, high=24 * 30
+            ),
+            expiry_grace_minutes=read.integer(
+                "EXPIRY_GRACE_MINUTES", cls.expiry_grace_minutes, low=0, high=1440
             ),
             jwt_secret=jwt_secret,
-            debug=_bool("DEBUG", get("DEBUG") or "false"),
-            access_log=_bool("ACCESS_LOG", get("ACCESS_LOG") or "false"),
-            log_format=log_format,
-            success_page=_bool("SUCCESS_PAGE", get("SUCCESS_PAGE") or "false"),
-            metrics_token=get("METRICS_TOKEN"),
+            debug=read.boolean("DEBUG", cls.debug),
+            access_log=read.boolean("ACCESS_LOG", cls.access_log),
+            log_format=log_format_from_env(read.env),
+            success_page=read.boolean("SUCCESS_PAGE", cls.success_page),
+            metrics_token=read.get("METRICS_TOKEN"),
             metrics_dir=metrics_dir,
         )
