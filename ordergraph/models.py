@@ -1,6 +1,6 @@
 """Database models.
 
-Money is stored in minor units (cents) of the shop's one currency. Stock is the number of
+Money is stored in minor units (cents) of the shop's one currency, in 64-bit columns. Stock is the number of
 units that can still be reserved: checkout takes units out of it and every order that will
 not ship gives them back, so the database's `stock >= 0` check is the last line of defence
 against selling a unit twice.
@@ -61,7 +61,7 @@ class Product(Model):
     sku = fields.CharField(max_length=64, unique=True)
     name = fields.CharField(max_length=200)
     description = fields.TextField(default="")
-    price = fields.IntField()
+    price = fields.BigIntField()
     stock = fields.IntField(default=0)
     active = fields.BooleanField(default=True)
     created_at = fields.DatetimeField(auto_now_add=True)
@@ -107,8 +107,8 @@ class Order(Model):
     # older state from a newer one whatever order the notifications arrive in.
     version = fields.IntField(default=1)
     currency = fields.CharField(max_length=3)
-    total = fields.IntField()
-    amount_refunded = fields.IntField(default=0)
+    total = fields.BigIntField()
+    amount_refunded = fields.BigIntField(default=0)
     shipping_address: dict[str, Any] | None = fields.JSONField(null=True)
     carrier = fields.CharField(max_length=64, null=True)
     tracking_number = fields.CharField(max_length=128, null=True)
@@ -116,6 +116,12 @@ class Order(Model):
     stripe_checkout_session_id = fields.CharField(max_length=255, null=True, unique=True)
     stripe_payment_intent_id = fields.CharField(max_length=255, null=True)
     customer_email = fields.CharField(max_length=320, null=True)
+    # The shopper's email as known at checkout (sent to Stripe as `customer_email`), so that
+    # the session request can be rebuilt exactly when a crash lost its answer.
+    email = fields.CharField(max_length=320, null=True)
+    # The sweeper's claim: an order is looked at by one process at a time, and not again
+    # before this moment (a backoff while Stripe is unreachable).
+    next_check_at = fields.DatetimeField(null=True)
     expires_at = fields.DatetimeField(null=True)
     paid_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
@@ -144,7 +150,7 @@ class OrderItem(Model):
         "models.Product", related_name="order_items", on_delete=fields.RESTRICT
     )
     product_name = fields.CharField(max_length=200)
-    unit_price = fields.IntField()
+    unit_price = fields.BigIntField()
     quantity = fields.IntField()
 
     order_id: str
@@ -182,7 +188,7 @@ class PaymentTracker(Model):
     provider = fields.CharField(max_length=32, default="stripe")
     session_id = fields.CharField(max_length=255, unique=True)
     payment_intent_id = fields.CharField(max_length=255, null=True)
-    amount = fields.IntField()
+    amount = fields.BigIntField()
     currency = fields.CharField(max_length=3)
     status = fields.CharField(max_length=32)
     created = fields.DatetimeField(auto_now_add=True)
@@ -231,3 +237,27 @@ class OutboxEmail(Model):
     class Meta:
         table = "outbox_emails"
         indexes = [Index(fields=("status", "next_attempt_at"), name="outbox_status_next")]
+
+
+class PaymentDiscrepancy(Model):
+    """Something Stripe and the service disagree on, found when an event or a reconciliation
+    compared them, with what the service did about it. `dedupe_key` records each finding once,
+    however often it is found again."""
+
+    id = fields.IntField(primary_key=True)
+    dedupe_key = fields.CharField(max_length=255, unique=True)
+    order: fields.ForeignKeyNullableRelation[Order] = fields.ForeignKeyField(
+        "models.Order", related_name="discrepancies", on_delete=fields.CASCADE, null=True
+    )
+    checkout_session_id = fields.CharField(max_length=255, null=True)
+    kind = fields.CharField(max_length=64)
+    detail = fields.TextField()
+    action = fields.CharField(max_length=255)
+    found_at = fields.DatetimeField(auto_now_add=True)
+    resolved_at = fields.DatetimeField(null=True)
+
+    order_id: str | None
+
+    class Meta:
+        table = "payment_discrepancies"
+        indexes = [Index(fields=("resolved_at", "found_at"), name="payment_discrepancies_open")]
