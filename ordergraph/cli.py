@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ordergraph.logs import configure_logging, logging_config
 from ordergraph.settings import Settings, SettingsError, log_format_from_env
@@ -31,9 +34,7 @@ def _migrate(database_url: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     if args.demo:
-        from ordergraph.demo.stack import run_demo
-
-        asyncio.run(run_demo(args.host, args.port))
+        _serve_demo(args)
         return
     settings = _settings()
     if args.workers > 1 and settings.events_url.startswith("memory:"):
@@ -41,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             "with EVENTS_URL=memory:// a subscriber hears only of changes made by its own "
             "worker; set EVENTS_URL to postgres://... or redis://..."
         )
+    _refuse_a_taken_port(args.host, args.port)
     _migrate(settings.database_url)
     from ordergraph.metrics import MULTIPROC_DIR_VARIABLE, start_multiprocess_dir
 
@@ -56,6 +58,48 @@ def cmd_serve(args: argparse.Namespace) -> None:
     finally:
         if made_dir is not None:
             shutil.rmtree(made_dir, ignore_errors=True)
+
+
+def _refuse_a_taken_port(host: str, port: int) -> None:
+    """One line, before migrating, rather than uvicorn's error among its start-up lines."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = "is already in use: stop what listens there, or choose another with --port"
+        else:
+            reason = f"cannot be listened on: {exc.strerror or exc}"
+        print(f"ordergraph: port {port} on {host} {reason}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _serve_demo(args: argparse.Namespace) -> None:
+    from ordergraph.demo.stack import DemoOptions, run_demo
+    from ordergraph.demo.state import DemoError
+
+    options = DemoOptions(
+        host=args.host,
+        port=args.port,
+        state_dir=args.state_dir,
+        reset=args.reset,
+        emulator_port=args.emulator_port,
+        smtp_port=args.smtp_port,
+    )
+    try:
+        asyncio.run(run_demo(options))
+    except DemoError as exc:
+        print(f"ordergraph: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:  # before the demo took over the signals: nothing to clean up
+        raise SystemExit(130) from None
 
 
 def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
@@ -143,6 +187,7 @@ def cmd_schema(args: argparse.Namespace) -> None:
 def cmd_stripe_emulator(args: argparse.Namespace) -> None:
     from ordergraph.stripe_emulator import serve_emulator
 
+    _refuse_a_taken_port(args.host, args.port)
     asyncio.run(
         serve_emulator(
             args.host,
@@ -153,57 +198,160 @@ def cmd_stripe_emulator(args: argparse.Namespace) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ordergraph", description=__doc__)
-    verbs = parser.add_subparsers(dest="verb", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless there is none to show (flags, required options)
+    or the help says it in words."""
 
-    serve = verbs.add_parser("serve", help="apply migrations, then serve HTTP and WebSocket")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False) or action.required or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def _number(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+        if number < low or (high is not None and number > high):
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {number}")
+        return number
+
+    return parse
+
+
+_port = _number(0, 65535)
+DEMO_ONLY = ("state_dir", "reset", "emulator_port", "smtp_port")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ordergraph", description=__doc__, formatter_class=_HelpFormatter
+    )
+    verbs = parser.add_subparsers(dest="verb", title="verbs", metavar="VERB")
+
+    def verb(name: str, summary: str) -> argparse.ArgumentParser:
+        return verbs.add_parser(
+            name, help=summary, description=summary, formatter_class=_HelpFormatter
+        )
+
+    serve = verb("serve", "apply migrations, then serve HTTP and WebSocket")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument(
+        "--port", type=_port, default=8000, metavar="PORT", help="port of the service"
+    )
+    serve.add_argument(
+        "--workers",
+        type=_number(1),
+        default=1,
+        metavar="N",
+        help="server processes sharing the port (not with --demo)",
+    )
     serve.add_argument(
         "--demo",
         action="store_true",
-        help="embedded demo: SQLite, the Stripe emulator, a mail sink and a small catalogue",
+        help="embedded demo: SQLite, the Stripe emulator, a mail sink and a small catalogue "
+        "(its database, Stripe, mail and JWT settings are its own, not the environment's)",
     )
-    serve.set_defaults(func=cmd_serve)
+    demo_options = serve.add_argument_group("with --demo")
+    demo_options.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the demo keeps its database and JWT secret across restarts "
+        "(default: .ordergraph-demo/<port> in the current directory)",
+    )
+    demo_options.add_argument(
+        "--reset",
+        action="store_true",
+        help="wipe the demo's state (orders, products, JWT secret) before starting",
+    )
+    demo_options.add_argument(
+        "--emulator-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="port of the Stripe emulator (default: 12111, or a free port when 12111 is "
+        "taken; 0: a free port)",
+    )
+    demo_options.add_argument(
+        "--smtp-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="port of the mail sink (default: 1025, or a free port when 1025 is taken; "
+        "0: a free port)",
+    )
+    serve.set_defaults(func=cmd_serve, parser=serve)
 
-    demo = verbs.add_parser(
-        "demo",
-        help="run one whole purchase against a throwaway local stack and print its timeline",
+    demo = verb(
+        "demo", "run one whole purchase against a throwaway local stack and print its timeline"
     )
     demo.set_defaults(func=cmd_demo)
 
-    migrate = verbs.add_parser("migrate", help="apply pending database migrations and exit")
+    migrate = verb("migrate", "apply pending database migrations (DATABASE_URL) and exit")
     migrate.set_defaults(func=cmd_migrate)
 
-    token = verbs.add_parser("token", help="print a bearer token signed with JWT_SECRET")
-    token.add_argument("--user", required=True)
-    token.add_argument("--email", required=True)
-    token.add_argument("--staff", action="store_true")
-    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token = verb("token", "print a bearer token signed with JWT_SECRET")
+    token.add_argument("--user", required=True, metavar="ID", help="the user's id (sub)")
+    token.add_argument("--email", required=True, metavar="ADDR", help="the user's email")
+    token.add_argument("--staff", action="store_true", help="grant staff rights")
+    token.add_argument(
+        "--ttl", type=_number(1), default=3600, metavar="SECONDS", help="lifetime in seconds"
+    )
     token.set_defaults(func=cmd_token)
 
-    expire = verbs.add_parser(
+    expire = verb(
         "expire-pending",
-        help="cancel unpaid orders past their expiry (after asking Stripe), releasing their stock",
+        "cancel unpaid orders past their expiry (after asking Stripe), releasing their stock",
     )
     expire.set_defaults(func=cmd_expire_pending)
 
-    schema = verbs.add_parser("schema", help="print the GraphQL schema (SDL)")
+    schema = verb("schema", "print the GraphQL schema (SDL)")
     schema.set_defaults(func=cmd_schema)
 
-    emulator = verbs.add_parser("stripe-emulator", help="run the local Stripe emulator")
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=12111)
+    emulator = verb("stripe-emulator", "run the local Stripe emulator")
+    emulator.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    emulator.add_argument(
+        "--port",
+        type=_port,
+        default=12111,
+        metavar="PORT",
+        help="port to listen on; the service's STRIPE_API_BASE is http://HOST:PORT",
+    )
     emulator.add_argument(
         "--webhook-url",
         default="http://127.0.0.1:8000/webhooks/stripe",
+        metavar="URL",
         help="where to deliver signed events",
     )
-    emulator.add_argument("--webhook-secret", default=None, help="default: STRIPE_WEBHOOK_SECRET")
+    emulator.add_argument(
+        "--webhook-secret",
+        default=None,
+        metavar="SECRET",
+        help="the secret events are signed with (the service's STRIPE_WEBHOOK_SECRET); "
+        "default: STRIPE_WEBHOOK_SECRET, else a generated whsec_... (printed at start)",
+    )
     emulator.set_defaults(func=cmd_stripe_emulator)
     return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    """What argparse alone cannot say: options that only make sense together."""
+    if args.verb != "serve":
+        return
+    parser: argparse.ArgumentParser = args.parser
+    if not args.demo:
+        given = [name for name in DEMO_ONLY if getattr(args, name) not in (None, False)]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            parser.error(f"{flag} applies to the demo only: add --demo")
+    elif args.workers != 1:
+        parser.error("--workers: the demo runs in one process")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -212,7 +360,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"ordergraph: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help(sys.stderr)
+        raise SystemExit(2)
+    _check(args)
     args.func(args)
 
 
