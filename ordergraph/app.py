@@ -20,8 +20,8 @@ from tortoise.contrib.starlette import RegisterTortoise
 
 from ordergraph import events, metrics
 from ordergraph.db import tortoise_config
-from ordergraph.domain.expiry import Sweeper
 from ordergraph.domain.payments import PaymentServices
+from ordergraph.domain.sweeper import Sweeper
 from ordergraph.mail.sender import MailSender
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import StripeGateway

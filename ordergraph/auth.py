@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jwt
 
@@ -27,6 +28,14 @@ class Identity:
     user_id: str
     email: str
     is_staff: bool
+
+
+class Credentials(NamedTuple):
+    """A verified token: who it names, and when (a Unix time, the `exp` claim) it stops being
+    valid. A connection that outlives its token must end then (see web/token_expiry.py)."""
+
+    identity: Identity
+    expires_at: float
 
 
 def issue_token(
@@ -72,11 +81,15 @@ def decode_token(secret: str, token: str) -> Identity:
 # Tokens this process has verified, until they expire: a shopper's browser sends the same token
 # with every request, and checking its signature again each time is most of a small request's
 # authentication cost.
-_verified: dict[tuple[str, str], tuple[Identity, float]] = {}
+_verified: dict[tuple[str, str], Credentials] = {}
 _VERIFIED_LIMIT = 10_000
 
 
 def identity_from_header(secret: str, header: str | None) -> Identity:
+    return credentials_from_header(secret, header).identity
+
+
+def credentials_from_header(secret: str, header: str | None) -> Credentials:
     if not header:
         raise AuthError("no bearer token")
     scheme, _, token = header.partition(" ")
@@ -84,13 +97,13 @@ def identity_from_header(secret: str, header: str | None) -> Identity:
     if scheme.lower() != "bearer" or not token:
         raise AuthError("the Authorization header must be 'Bearer <token>'")
     known = _verified.get((secret, token))
-    if known is not None and known[1] > time.time():
-        return known[0]
-    identity, expires = _verify(secret, token)
+    if known is not None and known.expires_at > time.time():
+        return known
+    credentials = Credentials(*_verify(secret, token))
     if len(_verified) >= _VERIFIED_LIMIT:
         _verified.clear()
-    _verified[(secret, token)] = (identity, expires)
-    return identity
+    _verified[(secret, token)] = credentials
+    return credentials
 
 
 # Users this process has already written as the token describes them, so that a request

@@ -1,9 +1,9 @@
 """Database models.
 
-Money is stored in minor units (cents) of the shop's one currency, in 64-bit columns. Stock is the number of
-units that can still be reserved: checkout takes units out of it and every order that will
-not ship gives them back, so the database's `stock >= 0` check is the last line of defence
-against selling a unit twice.
+Money is stored in minor units (cents) of the shop's one currency, in 64-bit columns. Stock
+is the number of units that can still be reserved: checkout takes units out of it and every
+order that will not ship gives them back, so the database's `stock >= 0` check is the last
+line of defence against selling a unit twice.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from strawberry.extensions import (
     SchemaExtension,
     ValidationCache,
 )
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionContext
 
 from ordergraph.resolvers import cart, catalog, emails, orders, subscriptions
@@ -31,8 +32,10 @@ from ordergraph.resolvers.types import (
     Product,
     ProductConnection,
     ProductPayload,
+    RetryDeadEmailsPayload,
     UndeliveredEmail,
 )
+from ordergraph.web.graphql_rules import HideSuggestions, RequireOperationName
 
 
 @strawberry.type
@@ -94,6 +97,10 @@ class Mutation:
     retry_email: EmailPayload = strawberry.mutation(
         resolver=emails.retry_email, description="Staff only: try a DEAD mail again."
     )
+    retry_dead_emails: RetryDeadEmailsPayload = strawberry.mutation(
+        resolver=emails.retry_dead_emails,
+        description="Staff only: try every DEAD mail again, each with a fresh set of tries.",
+    )
 
 
 @strawberry.type
@@ -112,7 +119,11 @@ def _is_unexpected(error: GraphQLError) -> bool:
         return False  # parse and validation errors speak of the query, not of us
     if isinstance(error.original_error, GraphQLError):
         return False
-    return True
+    # Strawberry's own refusals of a request (an unknown operation name, an operation type the
+    # transport does not run, e.g. a query over graphql-ws) say what was wrong with it.
+    return not isinstance(
+        error.original_error, CannotGetOperationTypeError | InvalidOperationTypeError
+    )
 
 
 class Schema(strawberry.Schema):
@@ -142,11 +153,13 @@ def build_schema(*, debug: bool = False) -> strawberry.Schema:
         lambda: ValidationCache(maxsize=512),
         subscriptions.WebSocketOnly,
         RefuseBadToken,
+        RequireOperationName,
     ]
     if not debug:
         from strawberry.extensions import DisableIntrospection
 
-        extensions.append(DisableIntrospection)
+        # Without introspection, error messages do not suggest field or argument names either.
+        extensions += [DisableIntrospection, HideSuggestions]
     return Schema(
         query=Query,
         mutation=Mutation,

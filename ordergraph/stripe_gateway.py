@@ -29,12 +29,14 @@ class PaymentProviderError(Exception):
     """Stripe could not be asked, or said no: the caller must undo what it prepared.
 
     `uncertain` is true when the request may still have been carried out at Stripe (a timeout,
-    a dropped connection, a server error), as opposed to a refusal.
+    a dropped connection, a server error), as opposed to a refusal. `missing` is true when
+    Stripe answered that the object does not exist (`resource_missing`): a definite answer.
     """
 
-    def __init__(self, message: str, *, uncertain: bool = False) -> None:
+    def __init__(self, message: str, *, uncertain: bool = False, missing: bool = False) -> None:
         super().__init__(message)
         self.uncertain = uncertain
+        self.missing = missing
 
 
 class BadWebhook(Exception):
@@ -75,6 +77,7 @@ class CheckoutSession:
     payment_intent_id: str | None = None
     shipping_address: dict[str, Any] | None = None
     customer_email: str | None = None
+    created: int | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def _typed(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> 
     return value
 
 
-def session_from_stripe(obj: Mapping[str, Any]) -> CheckoutSession:
+def session_from_stripe(obj: Mapping[str, Any] | stripe.StripeObject) -> CheckoutSession:
     data = obj.to_dict() if isinstance(obj, stripe.StripeObject) else obj
     if not isinstance(data, Mapping) or not isinstance(data.get("id"), str):
         raise MalformedStripeObject("a checkout session needs a string id")
@@ -137,6 +140,7 @@ def session_from_stripe(obj: Mapping[str, Any]) -> CheckoutSession:
         shipping_address=shipping_address_of(data),
         customer_email=(customer and _typed(customer, "email", str))
         or _typed(data, "customer_email", str),
+        created=_typed(data, "created", int),
     )
 
 
@@ -237,7 +241,10 @@ class StripeGateway:
         except stripe.StripeError as exc:
             log.warning("Stripe %s failed: %s", what, exc)
             uncertain = isinstance(exc, stripe.APIConnectionError | stripe.APIError)
-            raise PaymentProviderError(f"Stripe {what} failed", uncertain=uncertain) from exc
+            missing = isinstance(exc, stripe.InvalidRequestError) and exc.code == "resource_missing"
+            raise PaymentProviderError(
+                f"Stripe {what} failed", uncertain=uncertain, missing=missing
+            ) from exc
         except TimeoutError as exc:
             log.warning("Stripe %s timed out", what)
             raise PaymentProviderError(f"Stripe {what} timed out", uncertain=True) from exc
@@ -308,6 +315,27 @@ class StripeGateway:
             self.client.v1.checkout.sessions.retrieve_async(session_id),
         )
         return session_from_stripe(session)
+
+    async def list_checkout_sessions(self, created_since: datetime) -> list[CheckoutSession]:
+        """Every Checkout Session created since then, newest first, all pages."""
+
+        async def every_page() -> list[CheckoutSession]:
+            page = await self.client.v1.checkout.sessions.list_async(
+                params={"created": {"gte": int(created_since.timestamp())}, "limit": 100}
+            )
+            return [session_from_stripe(s) async for s in page.auto_paging_iter()]
+
+        sessions: list[CheckoutSession] = await self._call("checkout session list", every_page())
+        return sessions
+
+    async def payment_intent_status(self, payment_intent_id: str) -> str | None:
+        """`succeeded`, `processing`, `requires_payment_method` (the last attempt failed)…"""
+        intent = await self._call(
+            "payment intent retrieve",
+            self.client.v1.payment_intents.retrieve_async(payment_intent_id),
+        )
+        status = intent["status"] if "status" in intent else None
+        return status if isinstance(status, str) else None
 
     async def expire_checkout_session(self, session_id: str) -> CheckoutSession:
         session = await self._call(

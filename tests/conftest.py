@@ -46,6 +46,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 BACKEND = os.environ.get("ORDERGRAPH_TEST_DB", "sqlite")
 
 TABLES = [
+    "payment_discrepancies",
     "outbox_emails",
     "payment_trackers",
     "order_status_changes",

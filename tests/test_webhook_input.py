@@ -5,8 +5,10 @@ carts, mail, calls to Stripe).
 Signature, size and body problems are refused with 400 (413 for a body over 256 KiB), so
 Stripe shows them as failed; events that are genuine but not for us (an unknown type, no or a
 foreign order in the metadata) are acknowledged with 200 so that Stripe stops sending them,
-and security mismatches (owner, amount, currency, session) with 200 "rejected". The first row
-is the control: the same request, untouched, confirms the order.
+and security mismatches (owner, amount, currency, session) of a session that took no money
+with 200 "rejected". (A mismatched session that did take money is refunded and recorded:
+tests/domain/test_settlement.py.) The first row is the control: the same request, untouched,
+confirms the order.
 """
 
 from __future__ import annotations
@@ -130,10 +132,10 @@ def _event_with(
     return lambda p: signed(pretty(p.event(kind, **change)))
 
 
-def _metadata(**metadata: Any) -> Callable[[Pending], Request]:
+def _metadata(payment_status: str = "paid", **metadata: Any) -> Callable[[Pending], Request]:
     def make(p: Pending) -> Request:
         session_metadata = {"order_id": p.order_id, "user_id": "alice", **metadata}
-        return signed(pretty(p.event(metadata=session_metadata)))
+        return signed(pretty(p.event(metadata=session_metadata, payment_status=payment_status)))
 
     return make
 
@@ -215,11 +217,16 @@ CASES: dict[str, Case] = {
         _metadata(order_id="00000000-0000-4000-8000-000000000000"), 200, "ignored"
     ),
     "session not complete": Case(_event_with(status="open"), 200, "ignored"),
-    # Genuine, but not this order's payment: acknowledged, refused, logged
-    "metadata user_id of another shopper": Case(_metadata(user_id="mallory"), 200, "rejected"),
-    "amount short": Case(_event_with(amount_total=1), 200, "rejected"),
-    "other currency": Case(_event_with(currency="eur"), 200, "rejected"),
-    "another session": Case(_event_with(id="cs_test_forged"), 200, "rejected"),
+    # Genuine, but not this order's payment, and no money taken (a delayed method still
+    # settling): acknowledged, refused, logged
+    "metadata user_id of another shopper": Case(
+        _metadata(user_id="mallory", payment_status="unpaid"), 200, "rejected"
+    ),
+    "amount short": Case(_event_with(amount_total=1, payment_status="unpaid"), 200, "rejected"),
+    "other currency": Case(_event_with(currency="eur", payment_status="unpaid"), 200, "rejected"),
+    "another session": Case(
+        _event_with(id="cs_test_forged", payment_status="unpaid"), 200, "rejected"
+    ),
 }
 
 

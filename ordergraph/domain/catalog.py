@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
 from ordergraph.models import Product
 
-MAX_PRICE = 100_000_000  # one million in major units: a typo guard, not a business rule
+# The largest amount of money, in minor units, that the service takes or shows: GraphQL's `Int`
+# is a signed 32-bit number, so a price, a line total, a cart's total or an order's total past
+# it could not be answered (the columns are 64-bit; the API is not). Every limit on money is
+# this one: a price (below), a cart's total (`cart`), an order's total (`checkout`).
+MAX_AMOUNT = 2**31 - 1
+# One million in major units: a typo guard, not a business rule; never above MAX_AMOUNT.
+MAX_PRICE = min(100_000_000, MAX_AMOUNT)
 MAX_STOCK = 10_000_000
 
 

@@ -12,11 +12,14 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import F
 
 from ordergraph import logs, metrics
 from ordergraph.db import transaction
 from ordergraph.db.sql import fetch
+from ordergraph.domain.cart import lock_shopper
+from ordergraph.domain.catalog import MAX_AMOUNT
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
 from ordergraph.domain.inventory import reserve_stock
 from ordergraph.domain.order_state import change_order, lock_order
@@ -58,9 +61,52 @@ def checkout_ttl(settings: Settings) -> timedelta:
     return timedelta(minutes=min(max(settings.checkout_ttl_minutes, 31), 1439))
 
 
-async def place_order(user_id: str, settings: Settings) -> tuple[Order, list[OrderItem]]:
-    """Turn the cart into a PENDING_PAYMENT order holding its stock, in one transaction."""
+def _limit(message: str) -> BusinessError:
+    return BusinessError.of(ErrorCode.LIMIT_EXCEEDED, message, field=("cart",))
+
+
+async def _check_limits(
+    connection: BaseDBAsyncClient, user_id: str, quantities: dict[str, int], settings: Settings
+) -> None:
+    """The cart's limits once more (a cart filled before they existed, or lines an undone
+    checkout put back), then the shopper's unpaid units: those of their PENDING_PAYMENT orders
+    plus this cart's may be at most MAX_UNPAID_UNITS_PER_SHOPPER.
+
+    The sum is read under the shopper's lock (`lock_shopper`, place_order's first statement):
+    an order enters PENDING_PAYMENT only here, under that lock, and every other change takes
+    orders out of it, so no concurrent checkout can add units between this sum and the commit.
+    """
+    if len(quantities) > settings.cart_max_lines:
+        raise _limit(f"At most {settings.cart_max_lines} different products in a cart")
+    if max(quantities.values()) > settings.max_units_per_line:
+        raise _limit(f"At most {settings.max_units_per_line} units of one product in a cart")
+    rows = await fetch(
+        connection,
+        "SELECT COALESCE(SUM(i.quantity), 0) AS units FROM order_items i "
+        "JOIN orders o ON o.id = i.order_id WHERE o.user_id = ? AND o.status = ?",
+        user_id,
+        OrderStatus.PENDING_PAYMENT.value,
+    )
+    held, units = int(rows[0]["units"]), sum(quantities.values())
+    limit = settings.max_unpaid_units_per_shopper
+    if held + units > limit:
+        raise _limit(
+            f"At most {limit} units may wait for payment at once: {held} already do and this "
+            f"cart has {units}; pay or cancel an order first"
+        )
+
+
+async def place_order(
+    user_id: str, settings: Settings, *, email: str | None = None
+) -> tuple[Order, list[OrderItem]]:
+    """Turn the cart into a PENDING_PAYMENT order holding its stock, in one transaction.
+
+    The shopper's lock comes first (see `lock_shopper`): their checkouts and cart changes
+    run one at a time, so the unpaid-units limit holds however many arrive together. A
+    refusal raises inside the transaction, whose rollback puts the cart back untouched.
+    """
     async with transaction() as connection:
+        await lock_shopper(connection, user_id)
         # Claiming the cart by deleting it: a second, concurrent checkout of the same cart
         # waits for these rows, then finds none. A rollback puts them back.
         cart = await fetch(
@@ -79,8 +125,14 @@ async def place_order(user_id: str, settings: Settings) -> tuple[Order, list[Ord
                     for p in bad
                 )
             )
+        await _check_limits(connection, user_id, quantities, settings)
         products = await reserve_stock(quantities.items())
         total = sum(products[pid].price * qty for pid, qty in quantities.items())
+        if total > MAX_AMOUNT:
+            raise _limit(
+                f"The order's total would be {total} minor units; at most {MAX_AMOUNT} can be "
+                "paid in one order"
+            )
         now = datetime.now(UTC)
         order = await Order.create(
             user_id=user_id,
@@ -88,6 +140,7 @@ async def place_order(user_id: str, settings: Settings) -> tuple[Order, list[Ord
             payment_status=PaymentStatus.PENDING,
             currency=settings.shop_currency,
             total=total,
+            email=email or None,
             expires_at=now + checkout_ttl(settings),
         )
         items = [
@@ -134,6 +187,24 @@ async def undo_checkout(order_id: str, reason: str) -> None:
                 )
 
 
+def session_request(
+    order: Order, items: list[OrderItem], settings: Settings
+) -> CheckoutSessionRequest:
+    """The Checkout Session an order asks Stripe for, built from the order alone, so that the
+    sweeper can send the very same request again (same idempotency key, same parameters) to
+    learn what became of a checkout that a crash cut short."""
+    assert order.expires_at is not None
+    return CheckoutSessionRequest(
+        order_id=str(order.id),
+        user_id=order.user_id,
+        currency=order.currency,
+        lines=[SessionLine(i.product_name, i.unit_price, i.quantity) for i in items],
+        return_url=return_url(settings, str(order.id)),
+        expires_at=order.expires_at,
+        customer_email=order.email or None,
+    )
+
+
 async def check_rate(user_id: str, settings: Settings) -> None:
     """A few checkouts a minute per shopper, so that a script cannot hold the whole stock in
     unpaid orders. Counted from the orders table, so it holds across processes; 0 disables."""
@@ -170,18 +241,9 @@ async def _checkout(
     user_id: str, email: str | None, settings: Settings, gateway: StripeGateway
 ) -> CheckoutResult:
     await check_rate(user_id, settings)
-    order, items = await place_order(user_id, settings)
+    order, items = await place_order(user_id, settings, email=email)
     logs.bind_order(str(order.id))
-    assert order.expires_at is not None
-    request = CheckoutSessionRequest(
-        order_id=str(order.id),
-        user_id=user_id,
-        currency=order.currency,
-        lines=[SessionLine(i.product_name, i.unit_price, i.quantity) for i in items],
-        return_url=return_url(settings, str(order.id)),
-        expires_at=order.expires_at,
-        customer_email=email or None,
-    )
+    request = session_request(order, items, settings)
     try:
         session = await gateway.create_checkout_session(request)
         if not session.client_secret:

@@ -21,6 +21,9 @@ class ErrorCode(StrEnum):
     INVALID_TRANSITION = "INVALID_TRANSITION"
     PAYMENT_PROVIDER_ERROR = "PAYMENT_PROVIDER_ERROR"
     RATE_LIMITED = "RATE_LIMITED"
+    # A size limit was reached: lines in a cart, units of one product in a line, units one
+    # shopper may hold in unpaid orders, or an amount past what can be shown (MAX_AMOUNT).
+    LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
 
 
 @dataclass(frozen=True)

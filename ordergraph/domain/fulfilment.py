@@ -1,6 +1,8 @@
 """Staff moving a paid order on: packed, shipped (with tracking), delivered, or refunded.
 
 Each step is a state-machine transition and a short mail to the shopper, committed together.
+The state machine refuses a step (INVALID_TRANSITION, nothing changed, no mail) for an order
+whose payment is not PAID or PARTIALLY_REFUNDED: refunded, lost or still open in a dispute.
 """
 
 from __future__ import annotations

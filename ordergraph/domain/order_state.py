@@ -11,6 +11,21 @@ Stock moves here and only here, by status:
 Units are released on the one transition from a holding state to a state that holds nothing,
 and reserved again on the one transition back (a late payment for an expired order), so they
 can never be released or taken twice.
+
+No fulfilment without money. Beside the two tables, the pair (status, payment status) obeys:
+- an order enters a `FULFILMENT_STATES` status (being packed, shipped, delivered) only while
+  its payment is `FUNDED` (PAID or PARTIALLY_REFUNDED). A fully refunded payment (a refund, or
+  a dispute lost, which Stripe settles as a refund of the whole charge) cannot be shipped or
+  delivered, and neither can a DISPUTED one while its dispute is open: staff wait for the
+  outcome (won: PAID again, and fulfilment goes on; lost: see below). That holds for a parcel
+  already in transit too: SHIPPED -> DELIVERED is refused while the payment is not funded.
+  A payment may still change under an order that is already in one of these states (a
+  dispute opening on a SHIPPED order): the rule is about moving the goods, not the money.
+- a payment becomes REFUNDED only together with the order leaving every holding and
+  fulfilment status, i.e. becoming REFUNDED (the callers, `payments.apply_refund` and the
+  dispute-lost handler in `stripe_events`, do so whenever the table allows). Before shipping
+  that releases the order's stock; after shipping nothing comes back, the goods are gone.
+  So no order is ever left holding stock, or on its way to the shopper, with its money gone.
 """
 
 from __future__ import annotations
@@ -59,6 +74,10 @@ PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
 HOLDS_STOCK = frozenset({S.PENDING_PAYMENT, S.PAYMENT_CONFIRMED, S.AWAITING_SHIPMENT})
 SHIPPED_STATES = frozenset({S.SHIPPED, S.DELIVERED})
 
+# No fulfilment without money (see the module's docstring).
+FULFILMENT_STATES = frozenset({S.AWAITING_SHIPMENT, S.SHIPPED, S.DELIVERED})
+FUNDED = frozenset({P.PAID, P.PARTIALLY_REFUNDED})
+
 
 def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
     return target in TRANSITIONS[current]
@@ -70,6 +89,17 @@ def can_change_payment(current: PaymentStatus, target: PaymentStatus) -> bool:
 
 def _holds_nothing(status: OrderStatus) -> bool:
     return status not in HOLDS_STOCK and status not in SHIPPED_STATES
+
+
+def funding_problem(
+    old_status: OrderStatus, new_status: OrderStatus, new_payment: PaymentStatus
+) -> str | None:
+    """Why the order may not be `new_status` with `new_payment`, or None when it may."""
+    if new_status != old_status and new_status in FULFILMENT_STATES and new_payment not in FUNDED:
+        return f"An order whose payment is {new_payment.name} cannot become {new_status.name}"
+    if new_payment == P.REFUNDED and (new_status in HOLDS_STOCK or new_status in FULFILMENT_STATES):
+        return f"An order whose payment is REFUNDED cannot stay {new_status.name}"
+    return None
 
 
 async def lock_order(order_id: str) -> Order | None:
@@ -113,8 +143,9 @@ async def change_order(
 ) -> Order:
     """Move `order` (read with `lock_order`) to a new status and/or payment status.
 
-    Raises INVALID_TRANSITION, changing nothing, when a change is not in the tables, and
-    OUT_OF_STOCK when an order that held nothing cannot take its units back.
+    Raises INVALID_TRANSITION, changing nothing, when a change is not in the tables or leaves
+    an order to be fulfilled without its money (`funding_problem`), and OUT_OF_STOCK when an
+    order that held nothing cannot take its units back.
 
     Each change adds exactly one history row with its version, so clients can tell the newer of
     two copies of an order by the length of its `history` (the reference success page does).
@@ -136,6 +167,9 @@ async def change_order(
             ErrorCode.INVALID_TRANSITION,
             f"A payment that is {old_payment.name} cannot become {new_payment.name}",
         )
+    problem = funding_problem(old_status, new_status, new_payment)
+    if problem is not None:
+        raise BusinessError.of(ErrorCode.INVALID_TRANSITION, problem)
     values: dict[str, Any] = dict(fields or {})
     values.update(
         status=new_status,

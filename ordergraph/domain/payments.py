@@ -12,9 +12,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NoReturn
 
 from ordergraph.db import transaction
+from ordergraph.domain.discrepancies import Discrepancy, record_discrepancy
 from ordergraph.domain.errors import BusinessError, ErrorCode, order_not_found
 from ordergraph.domain.order_state import can_transition, change_order, lock_order
 from ordergraph.mail import messages as emails
@@ -42,6 +43,8 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     IGNORED = "ignored"
     REJECTED = "rejected"
+    # Refused, and settled: the money went back and the finding is recorded.
+    REFUSED = "refused"
 
 
 class RetryLater(Exception):
@@ -68,8 +71,8 @@ def uuid_or_none(raw: object) -> str | None:
         return None
 
 
-async def order_of_session(session: CheckoutSession) -> Order | None:
-    """The session's order, locked, if the session is really its own; None (logged) otherwise."""
+async def _named_order(session: CheckoutSession) -> Order | None:
+    """The order the session names, locked; None (logged) when it names none of ours."""
     order_id = uuid_or_none(session.metadata.get("order_id"))
     if order_id is None:
         log.warning("checkout session %s carries no valid metadata.order_id", session.id)
@@ -77,23 +80,100 @@ async def order_of_session(session: CheckoutSession) -> Order | None:
     order = await lock_order(order_id)
     if order is None:
         log.warning("checkout session %s names unknown order %s", session.id, order_id)
-        return None
-    problem = None
+    return order
+
+
+def _refusal(session: CheckoutSession, order: Order) -> str | None:
+    """Why the session cannot pay for the order, or None when it is really the order's own."""
     if session.metadata.get("user_id") != order.user_id:
-        problem = f"metadata.user_id {session.metadata.get('user_id')!r} is not the order's owner"
-    elif session.amount_total != order.total or session.currency != order.currency:
-        problem = (
+        return f"metadata.user_id {session.metadata.get('user_id')!r} is not the order's owner"
+    if session.amount_total != order.total or session.currency != order.currency:
+        return (
             f"paid {session.amount_total} {session.currency}, "
             f"the order is {order.total} {order.currency}"
         )
-    elif order.stripe_checkout_session_id not in (None, session.id):
-        problem = f"the order's session is {order.stripe_checkout_session_id}"
+    if order.stripe_checkout_session_id not in (None, session.id):
+        return f"the order's session is {order.stripe_checkout_session_id}"
+    return None
+
+
+async def order_of_session(session: CheckoutSession) -> Order | None:
+    """The session's order, locked, if the session is really its own; None (logged) otherwise.
+
+    A session that names an order it cannot pay for rolls its event back (`Discard`): no money
+    moved with it. A paid one is settled instead, by `confirm_checkout`.
+    """
+    order = await _named_order(session)
+    if order is None:
+        return None
+    problem = _refusal(session, order)
     if problem is not None:
-        security_log.warning(
-            "refused checkout session %s for order %s: %s", session.id, order.id, problem
-        )
-        raise Discard(Outcome.REJECTED)
+        _reject(session, order, problem)
     return order
+
+
+def _reject(session: CheckoutSession, order: Order, problem: str) -> NoReturn:
+    security_log.warning(
+        "refused checkout session %s for order %s: %s", session.id, order.id, problem
+    )
+    raise Discard(Outcome.REJECTED)
+
+
+async def refuse_payment(
+    order: Order, session: CheckoutSession, problem: str, *, actor: str, services: PaymentServices
+) -> Outcome:
+    """Money Stripe took that the service cannot accept is never left standing: it is refunded
+    at once (one refund per session, by idempotency key), the order it came for leaves
+    PENDING_PAYMENT when the session was its own (its stock released), and the finding is
+    recorded as a `PaymentDiscrepancy`. Runs inside the caller's transaction."""
+    security_log.warning(
+        "refused payment of session %s for order %s: %s", session.id, order.id, problem
+    )
+    amount = session.amount_total or 0
+    if not session.payment_intent_id:
+        raise RetryLater(f"refused payment of session {session.id} has no payment intent yet")
+    try:
+        await services.gateway.create_refund(
+            session.payment_intent_id,
+            amount,
+            idempotency_key=f"refused-payment-refund-{session.id}",
+            reason=f"payment refused: {problem}",
+        )
+    except PaymentProviderError as exc:
+        raise RetryLater(f"refund of refused payment {session.id} failed") from exc
+    action = f"refunded {amount} {session.currency or ''}".strip()
+    own = order.stripe_checkout_session_id in (None, session.id)
+    if own and order.status == OrderStatus.PENDING_PAYMENT:
+        await change_order(
+            order,
+            status=OrderStatus.PAYMENT_FAILED,
+            payment_status=PaymentStatus.FAILED,
+            reason=f"payment refused: {problem}"[:255],
+            actor=actor,
+            fields={"stripe_checkout_session_id": session.id},
+        )
+        await change_order(
+            order,
+            payment_status=PaymentStatus.REFUNDED,
+            reason="refused payment refunded",
+            actor=actor,
+        )
+        action += "; order failed, stock released"
+        await emails.email_shopper(
+            order,
+            dedupe_key=f"refund:refused:{session.id}",
+            composed=emails.compose_refund(
+                order, amount, "We could not accept this payment and have refunded it."
+            ),
+        )
+    await record_discrepancy(
+        Discrepancy.REFUSED_PAYMENT,
+        detail=problem,
+        action=action,
+        order_id=str(order.id),
+        session_id=session.id,
+    )
+    return Outcome.REFUSED
 
 
 def _payment_fields(session: CheckoutSession) -> dict[str, Any]:
@@ -115,11 +195,14 @@ async def confirm_checkout(
     once if not. Unpaid (a delayed method): the payment is PROCESSING and the order keeps its
     stock until Stripe says how it ended.
     """
-    order = await order_of_session(session)
-    if order is None:
+    order = await _named_order(session)
+    if order is None or session.status != "complete":
         return Outcome.IGNORED
-    if session.status != "complete":
-        return Outcome.IGNORED
+    problem = _refusal(session, order)
+    if problem is not None:
+        if session.payment_status != "paid":
+            _reject(session, order, problem)
+        return await refuse_payment(order, session, problem, actor=actor, services=services)
     if session.payment_status == "unpaid":
         if (
             order.status != OrderStatus.PENDING_PAYMENT
@@ -214,6 +297,26 @@ async def _refund_late_payment(
         dedupe_key=f"refund:{order.id}:{order.total}",
         composed=emails.compose_refund(order, order.total, reason),
     )
+
+
+async def fail_payment(order: Order, *, actor: str) -> Outcome:
+    """Stripe says the payment failed (a delayed method bounced): the order gives its stock
+    back and the shopper hears of it. `order` is locked by the caller."""
+    if order.status != OrderStatus.PENDING_PAYMENT or order.paid_at is not None:
+        return Outcome.UNCHANGED
+    await change_order(
+        order,
+        status=OrderStatus.PAYMENT_FAILED,
+        payment_status=PaymentStatus.FAILED,
+        reason="payment failed",
+        actor=actor,
+    )
+    await emails.email_shopper(
+        order,
+        dedupe_key=f"payment-failed:{order.id}",
+        composed=emails.compose_payment_failed(order),
+    )
+    return Outcome.APPLIED
 
 
 async def cancel_pending(order: Order, *, reason: str, actor: str) -> bool:

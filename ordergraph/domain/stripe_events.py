@@ -14,7 +14,7 @@ from typing import Any
 from tortoise.exceptions import IntegrityError
 
 from ordergraph.db import transaction
-from ordergraph.domain.order_state import change_order, lock_order
+from ordergraph.domain.order_state import can_transition, change_order, lock_order
 from ordergraph.domain.payments import (
     Discard,
     Outcome,
@@ -23,6 +23,7 @@ from ordergraph.domain.payments import (
     apply_refund,
     cancel_pending,
     confirm_checkout,
+    fail_payment,
     order_of_session,
     uuid_or_none,
 )
@@ -48,21 +49,7 @@ async def _on_async_payment_failed(
     order = await order_of_session(session_from_stripe(obj))
     if order is None:
         return Outcome.IGNORED
-    if order.status != OrderStatus.PENDING_PAYMENT or order.paid_at is not None:
-        return Outcome.UNCHANGED
-    await change_order(
-        order,
-        status=OrderStatus.PAYMENT_FAILED,
-        payment_status=PaymentStatus.FAILED,
-        reason="payment failed",
-        actor=actor,
-    )
-    await emails.email_shopper(
-        order,
-        dedupe_key=f"payment-failed:{order.id}",
-        composed=emails.compose_payment_failed(order),
-    )
-    return Outcome.APPLIED
+    return await fail_payment(order, actor=actor)
 
 
 async def _on_session_expired(
@@ -132,8 +119,13 @@ async def _on_dispute_closed(obj: dict[str, Any], actor: str, services: PaymentS
     if order.payment_status != PaymentStatus.DISPUTED:
         raise RetryLater(f"dispute {dispute.id} closed before it was seen opening")
     won = dispute.status == "won"
+    # Lost: the whole charge went back, as a full refund does, so the order ends REFUNDED like
+    # one (releasing its stock if it was not shipped yet); see order_state, "no fulfilment
+    # without money".
+    gone = not won and can_transition(order.status, OrderStatus.REFUNDED)
     await change_order(
         order,
+        status=OrderStatus.REFUNDED if gone else None,
         payment_status=PaymentStatus.PAID if won else PaymentStatus.REFUNDED,
         reason="dispute won" if won else "dispute lost",
         actor=actor,

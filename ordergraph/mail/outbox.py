@@ -81,3 +81,18 @@ async def retry_dead(email_id: int) -> OutboxEmail | None:
         return None
     await wake_sender()
     return await OutboxEmail.get(id=email_id)
+
+
+async def retry_all_dead() -> int:
+    """Give every dead mail a fresh set of tries at once (after an outage outlasted the
+    retries, or the server's refusals were fixed); how many were revived.
+
+    One conditional UPDATE: a mail that is not DEAD (sent, or still being tried) is untouched,
+    and a mail two staff revive at the same time is counted by only one of them.
+    """
+    revived = await OutboxEmail.filter(status=OutboxStatus.DEAD).update(
+        status=OutboxStatus.PENDING, attempts=0, next_attempt_at=datetime.now(UTC)
+    )
+    if revived:
+        await wake_sender()
+    return revived

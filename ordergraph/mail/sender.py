@@ -3,6 +3,14 @@
 A row is claimed with a conditional UPDATE (status and lease), so several processes may run
 senders at once; a sender that dies mid-send leaves a lease that expires, and that one mail
 may go out twice.
+
+Retries outlast a real outage. A failed try is retried after `backoff`: 1 s, 2 s, 4 s ...
+doubling up to `BACKOFF_CAP` (an hour, reached after the 13th failure), then hourly. A mail
+goes DEAD only when its `MAX_ATTEMPTS`th try fails, and the waits before that try add up to
+more than `RETRY_WINDOW` (24 hours; `retry_schedule` is the sum), so an SMTP server that is
+down for anything less than a day delays mail but loses none. A permanent refusal (a 5xx for the
+recipient) is DEAD at once: trying again cannot change it. Staff may revive dead mail, one
+(`outbox.retry_dead`) or all at once (`outbox.retry_all_dead`), with a fresh set of tries.
 """
 
 from __future__ import annotations
@@ -23,7 +31,11 @@ from ordergraph.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 8
+BACKOFF_CAP = timedelta(hours=1)
+RETRY_WINDOW = timedelta(hours=24)
+# 12 doubling waits (1 s ... 2048 s, 68 min in all), then 23 hourly ones: 24 h 8 min of
+# waiting before the last try (a test checks that it covers RETRY_WINDOW).
+MAX_ATTEMPTS = 36
 POLL_SECONDS = 5.0
 
 
@@ -35,8 +47,14 @@ def is_permanent(exc: Exception) -> bool:
 
 
 def backoff(attempts: int) -> timedelta:
-    """1 s, 2 s, 4 s ... capped at 10 minutes."""
-    return timedelta(seconds=min(2 ** (attempts - 1), 600))
+    """The wait after the `attempts`th failed try: 1 s, 2 s, 4 s ... capped at an hour."""
+    cap = int(BACKOFF_CAP.total_seconds())
+    return timedelta(seconds=min(2 ** min(max(attempts - 1, 0), 32), cap))
+
+
+def retry_schedule() -> timedelta:
+    """How long a mail is retried before its last try: the waits between its MAX_ATTEMPTS."""
+    return sum((backoff(n) for n in range(1, MAX_ATTEMPTS)), timedelta())
 
 
 class MailSender:

@@ -34,7 +34,7 @@ async def add_to_cart(info: Info, product_id: strawberry.ID, quantity: int = 1) 
     identity = await require_user(info)
 
     async def run() -> CartPayload:
-        await cart_domain.add_to_cart(identity.user_id, product_id, quantity)
+        await cart_domain.add_to_cart(identity.user_id, product_id, quantity, info.context.settings)
         return CartPayload(cart=await _cart(identity.user_id, info))
 
     return await payload(CartPayload, run())
@@ -44,7 +44,9 @@ async def set_cart_quantity(info: Info, product_id: strawberry.ID, quantity: int
     identity = await require_user(info)
 
     async def run() -> CartPayload:
-        await cart_domain.set_cart_quantity(identity.user_id, product_id, quantity)
+        await cart_domain.set_cart_quantity(
+            identity.user_id, product_id, quantity, info.context.settings
+        )
         return CartPayload(cart=await _cart(identity.user_id, info))
 
     return await payload(CartPayload, run())

@@ -17,6 +17,7 @@ from ordergraph.resolvers.base import (
 from ordergraph.resolvers.context import Info
 from ordergraph.resolvers.types import (
     EmailPayload,
+    RetryDeadEmailsPayload,
     UndeliveredEmail,
     UserError,
 )
@@ -42,3 +43,10 @@ async def retry_email(info: Info, id: strawberry.ID) -> EmailPayload:
             ]
         )
     return EmailPayload(email=UndeliveredEmail.from_model(row))
+
+
+async def retry_dead_emails(info: Info) -> RetryDeadEmailsPayload:
+    identity = await require_user(info)
+    if not identity.is_staff:
+        return RetryDeadEmailsPayload(user_errors=forbidden())
+    return RetryDeadEmailsPayload(retried=await outbox.retry_all_dead())

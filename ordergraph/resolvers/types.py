@@ -297,3 +297,11 @@ class UndeliveredEmail:
 class EmailPayload:
     email: UndeliveredEmail | None = None
     user_errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class RetryDeadEmailsPayload:
+    retried: int | None = strawberry.field(
+        default=None, description="How many DEAD mails were given a fresh set of tries."
+    )
+    user_errors: list[UserError] = strawberry.field(default_factory=list)

@@ -193,6 +193,104 @@ async def expire_session(state: EmulatorState, call: _Call, session_id: str) -> 
     return _Result(200, state.expand(session, call.params.get("expand")), after)
 
 
+LIST_PARAMS = frozenset(
+    """created customer customer_account customer_details ending_before expand limit
+    payment_intent payment_link starting_after status subscription""".split()
+)
+CREATED_FILTERS = frozenset({"gt", "gte", "lt", "lte"})
+LIST_STATUSES = ("open", "complete", "expired")
+
+
+def _created_filter(raw: object) -> dict[str, int]:
+    """``created`` is a timestamp or a range (``created[gte]=...``), as on every Stripe list."""
+    if not isinstance(raw, dict):
+        return {"eq": _int_param(raw, "created", minimum=0)}
+    _check_unknown(raw, CREATED_FILTERS, "created")
+    return {op: _int_param(value, f"created[{op}]", minimum=0) for op, value in raw.items()}
+
+
+def _in_range(created: int, bounds: dict[str, int]) -> bool:
+    checks = {
+        "eq": created == bounds.get("eq", created),
+        "gt": created > bounds.get("gt", created - 1),
+        "gte": created >= bounds.get("gte", created),
+        "lt": created < bounds.get("lt", created + 1),
+        "lte": created <= bounds.get("lte", created),
+    }
+    return all(checks.values())
+
+
+def _item_expansions(raw: object) -> list[str] | None:
+    """On a list, ``expand[]=data.payment_intent`` expands each item's ``payment_intent``."""
+    if raw in (None, ""):
+        return None
+    expansions: list[str] = []
+    for path in raw if isinstance(raw, list) else [raw]:
+        if not isinstance(path, str) or not path.startswith("data."):
+            raise _invalid(f"This property cannot be expanded ({path}).", "expand")
+        expansions.append(path.removeprefix("data."))
+    return expansions
+
+
+async def list_sessions(state: EmulatorState, call: _Call) -> _Result:
+    """``GET /v1/checkout/sessions``: newest first, ``limit`` 1 to 100 (default 10), cursors
+    ``starting_after`` / ``ending_before``, filters ``created`` and ``status``."""
+    p = call.params
+    _check_unknown(p, LIST_PARAMS)
+    unsupported = sorted(
+        set(p)
+        & (
+            LIST_PARAMS
+            - {"created", "status", "limit", "expand", "starting_after", "ending_before"}
+        )
+    )
+    if unsupported:
+        raise _invalid(f"The emulator does not filter by {unsupported[0]}.", unsupported[0])
+    limit = _int_param(p.get("limit", 10), "limit", minimum=1)
+    if limit > 100:
+        raise _invalid("This value must be less than or equal to 100.", "limit")
+    if "starting_after" in p and "ending_before" in p:
+        raise _invalid(
+            "You may only specify one of these parameters: ending_before, starting_after."
+        )
+    status = p.get("status")
+    if status is not None and status not in LIST_STATUSES:
+        raise _invalid(f"Invalid status: must be one of {', '.join(LIST_STATUSES)}", "status")
+    bounds = _created_filter(p["created"]) if "created" in p else {}
+    expand = _item_expansions(p.get("expand"))
+    newest_first = list(reversed(state.sessions.values()))
+    matching = [
+        s
+        for s in newest_first
+        if _in_range(s["created"], bounds) and (status is None or s["status"] == status)
+    ]
+    if "starting_after" in p:
+        cursor = state.get(
+            state.sessions, "checkout.session", str(p["starting_after"]), "starting_after"
+        )
+        at = matching.index(cursor) + 1 if cursor in matching else len(matching)
+        page = matching[at : at + limit]
+        has_more = len(matching) > at + limit
+    elif "ending_before" in p:
+        cursor = state.get(
+            state.sessions, "checkout.session", str(p["ending_before"]), "ending_before"
+        )
+        at = matching.index(cursor) if cursor in matching else 0
+        page = matching[max(0, at - limit) : at]
+        has_more = at - limit > 0
+    else:
+        page, has_more = matching[:limit], len(matching) > limit
+    return _Result(
+        200,
+        {
+            "object": "list",
+            "data": [state.expand(s, expand) for s in page],
+            "has_more": has_more,
+            "url": "/v1/checkout/sessions",
+        },
+    )
+
+
 def _mark_expired(session: JsonDict) -> None:
     session["status"] = "expired"
     session["url"] = None
@@ -200,6 +298,7 @@ def _mark_expired(session: JsonDict) -> None:
 
 ROUTES: list[ApiRoute] = [
     ("POST", r"/v1/checkout/sessions", create_session),
+    ("GET", r"/v1/checkout/sessions", list_sessions),
     ("GET", r"/v1/checkout/sessions/([^/]+)", retrieve_session),
     ("POST", r"/v1/checkout/sessions/([^/]+)/expire", expire_session),
     ("GET", r"/v1/checkout/sessions/([^/]+)/line_items", list_line_items),

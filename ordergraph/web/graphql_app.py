@@ -1,10 +1,13 @@
-"""Strawberry's ASGI view, as the service serves it: JSON bodies checked, both WebSocket
-protocols hardened, and the caller's bearer token read once per request or connection."""
+"""Strawberry's ASGI view, as the service serves it: JSON bodies checked (json_input), both
+WebSocket protocols hardened, and the caller's bearer token read once per request or
+connection; a connection ends when its token expires (token_expiry)."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from cross_web import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
@@ -12,11 +15,17 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.types.unset import UNSET, UnsetType
 
-from ordergraph.auth import AuthError, identity_from_header
+from ordergraph.auth import AuthError, credentials_from_header
 from ordergraph.resolvers.context import Context
 from ordergraph.schema import build_schema
 from ordergraph.settings import Settings
-from ordergraph.web.ws_protocols import LegacyWSHandler, TransportWSHandler
+from ordergraph.web import json_input
+from ordergraph.web.token_expiry import SocketContext
+from ordergraph.web.ws_protocols import (
+    CheckedWebSocketAdapter,
+    LegacyWSHandler,
+    TransportWSHandler,
+)
 
 KEEP_ALIVE_SECONDS = 15.0
 
@@ -24,16 +33,22 @@ KEEP_ALIVE_SECONDS = 15.0
 class GraphQLApp(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
+    websocket_adapter_class = CheckedWebSocketAdapter
 
     def decode_json(self, data: str | bytes) -> object:
         """Only a JSON object (or a batch) is a GraphQL request; anything else is a 400."""
-        try:
-            value = json.loads(data)
-        except UnicodeDecodeError as exc:
-            raise json.JSONDecodeError("body is not UTF-8", str(exc), 0) from None
+        value = json_input.decode(data)
         if not isinstance(value, dict | list):
-            raise json.JSONDecodeError("body is not a JSON object", str(data)[:40], 0)
+            raise json_input.UnacceptableJSON("the body is not a JSON object")
         return value
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """A 400 that says what is wrong with the body (Strawberry's says only that it is)."""
+        try:
+            return self.decode_json(data)
+        except json.JSONDecodeError as exc:
+            reason = exc.reason if isinstance(exc, json_input.UnacceptableJSON) else exc.msg
+            raise HTTPException(400, f"Unable to parse request body as JSON: {reason}") from None
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(
@@ -57,15 +72,19 @@ class GraphQLApp(GraphQL[Context, None]):
         try:
             if not isinstance(header, str):
                 raise AuthError("authorization must be 'Bearer <token>'")
-            context.identity = identity_from_header(self.settings.jwt_secret, header)
+            credentials = credentials_from_header(self.settings.jwt_secret, header)
         except AuthError as exc:
             raise ConnectionRejectionError({"message": str(exc)}) from None
+        context.identity = credentials.identity
+        if isinstance(context, SocketContext):
+            context.token_expires_at = credentials.expires_at
         return UNSET
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
-        context = Context(
+        make = SocketContext if isinstance(request, WebSocket) else Context
+        context = make(
             request=request,
             response=response,
             settings=self.settings,
@@ -74,7 +93,11 @@ class GraphQLApp(GraphQL[Context, None]):
         header = request.headers.get("authorization")
         if header:
             try:
-                context.identity = identity_from_header(self.settings.jwt_secret, header)
+                credentials = credentials_from_header(self.settings.jwt_secret, header)
             except AuthError as exc:
                 context.auth_error = str(exc)
+            else:
+                context.identity = credentials.identity
+                if isinstance(context, SocketContext):
+                    context.token_expires_at = credentials.expires_at
         return context

@@ -10,7 +10,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ordergraph.domain.expiry import sweep_overdue_orders
-from ordergraph.models import Order, OrderStatusChange, PaymentTracker, Product
+from ordergraph.models import (
+    Order,
+    OrderStatusChange,
+    OutboxEmail,
+    PaymentTracker,
+    Product,
+)
 from tests.conftest import Harness, Mailbox
 from tests.utils.helpers import (
     ORDER_FIELDS,
@@ -373,8 +379,10 @@ async def test_dispute_opened_then_won_or_lost(app: Harness, mailbox: Mailbox) -
 
     lost = await app.emulator.dispute(pi, status="lost")
     assert lost.status_code == 200
-    assert (await _order(order_id)).payment_status.value == "refunded"
-    assert await stock_of(product) == 8
+    order = await _order(order_id)
+    assert (order.status.value, order.payment_status.value) == ("refunded", "refunded")
+    assert order.amount_refunded == order.total
+    assert await stock_of(product) == 10  # the money is gone before shipping: stock comes back
 
 
 async def test_dispute_won_returns_to_paid(app: Harness, mailbox: Mailbox) -> None:
@@ -383,6 +391,154 @@ async def test_dispute_won_returns_to_paid(app: Harness, mailbox: Mailbox) -> No
     await app.emulator.dispute(pi)
     await app.emulator.dispute(pi, status="won")
     assert (await _order(order_id)).payment_status.value == "paid"
+
+
+# No fulfilment without money: an order whose payment is refunded, lost in a dispute or held
+# by an open one is not packed, shipped or delivered.
+
+FULFILMENT_STEPS = ("markOrderAwaitingShipment", "markOrderShipped", "markOrderDelivered")
+
+
+async def _step(app: Harness, name: str, order_id: str, token: str) -> dict[str, Any]:
+    if name == "markOrderShipped":
+        body = await app.gql(SHIP, {"id": order_id, "t": "1Z999", "c": "UPS"}, token=token)
+        assert "errors" not in body, body
+        payload: dict[str, Any] = body["data"][name]
+        return payload
+    return await _op(app, name, order_id, token)
+
+
+async def _refused(app: Harness, name: str, order_id: str, token: str) -> None:
+    """`name` answers INVALID_TRANSITION and changes nothing: no history, no stock, no mail."""
+    order = await _order(order_id)
+    history = await _history(order_id)
+    stock = [p.stock for p in await Product.all().order_by("id")]
+    mail = await OutboxEmail.all().count()
+
+    answer = await _step(app, name, order_id, token)
+
+    assert [e["code"] for e in answer["userErrors"]] == ["INVALID_TRANSITION"], (name, answer)
+    assert answer["order"] is None
+    after = await _order(order_id)
+    assert (after.status, after.payment_status, after.version, after.tracking_number) == (
+        order.status,
+        order.payment_status,
+        order.version,
+        order.tracking_number,
+    )
+    assert await _history(order_id) == history
+    assert [p.stock for p in await Product.all().order_by("id")] == stock
+    assert await OutboxEmail.all().count() == mail
+
+
+async def _shipped(app: Harness, order_id: str, staff: str) -> None:
+    for name in FULFILMENT_STEPS[:2]:
+        answer = await _step(app, name, order_id, staff)
+        assert answer["userErrors"] == [], (name, answer)
+
+
+async def test_a_dispute_lost_before_shipping_refunds_the_order_and_frees_its_stock(
+    app: Harness, mailbox: Mailbox
+) -> None:
+    """Seen in production: lost dispute while AWAITING_SHIPMENT, then shipped and delivered."""
+    product, order_id, _ = await _paid(app, mailbox)
+    staff = app.token("sam", staff=True)
+    assert (await _op(app, "markOrderAwaitingShipment", order_id, staff))["userErrors"] == []
+    pi = (await _order(order_id)).stripe_payment_intent_id or ""
+    assert (await app.emulator.dispute(pi)).status_code == 200
+    assert (await app.emulator.dispute(pi, status="lost")).status_code == 200
+
+    order = await _order(order_id)
+    assert (order.status.value, order.payment_status.value) == ("refunded", "refunded")
+    assert order.amount_refunded == order.total == 5000
+    assert await stock_of(product) == 10
+    assert (await _history(order_id))[-1] == ("refunded", "refunded", "dispute lost")
+    for name in ("markOrderShipped", "markOrderDelivered", "markOrderAwaitingShipment"):
+        await _refused(app, name, order_id, staff)
+    assert await stock_of(product) == 10
+    assert not any("shipped" in subject for subject in _subjects(mailbox))
+
+
+async def test_a_full_refund_at_stripe_stops_shipping(app: Harness, mailbox: Mailbox) -> None:
+    product, order_id, _ = await _paid(app, mailbox)
+    staff = app.token("sam", staff=True)
+    assert (await _op(app, "markOrderAwaitingShipment", order_id, staff))["userErrors"] == []
+    order = await _order(order_id)
+    await app.asgi.state.services.gateway.create_refund(
+        order.stripe_payment_intent_id, order.total, idempotency_key="full-1", reason="test"
+    )
+    await app.emulator.drain()  # charge.refunded, signed, through the webhook
+
+    order = await _order(order_id)
+    assert (order.status.value, order.payment_status.value) == ("refunded", "refunded")
+    assert await stock_of(product) == 10
+    for name in FULFILMENT_STEPS:
+        await _refused(app, name, order_id, staff)
+
+
+async def test_an_open_dispute_holds_fulfilment_until_it_is_won(
+    app: Harness, mailbox: Mailbox
+) -> None:
+    product, order_id, _ = await _paid(app, mailbox)
+    staff = app.token("sam", staff=True)
+    pi = (await _order(order_id)).stripe_payment_intent_id or ""
+    for step in FULFILMENT_STEPS:  # a dispute opens before each step, and is won
+        assert (await app.emulator.dispute(pi)).status_code == 200
+        assert (await _order(order_id)).payment_status.value == "disputed"
+        await _refused(app, step, order_id, staff)
+        assert (await app.emulator.dispute(pi, status="won")).status_code == 200
+        answer = await _step(app, step, order_id, staff)
+        assert answer["userErrors"] == [], (step, answer)
+    order = await _order(order_id)
+    assert (order.status.value, order.payment_status.value) == ("delivered", "paid")
+    assert await stock_of(product) == 8
+
+
+async def test_a_dispute_lost_in_transit_refuses_delivery_and_keeps_the_goods_sold(
+    app: Harness, mailbox: Mailbox
+) -> None:
+    product, order_id, _ = await _paid(app, mailbox)
+    staff = app.token("sam", staff=True)
+    await _shipped(app, order_id, staff)
+    pi = (await _order(order_id)).stripe_payment_intent_id or ""
+    assert (await app.emulator.dispute(pi)).status_code == 200
+    order = await _order(order_id)
+    assert (order.status.value, order.payment_status.value) == ("shipped", "disputed")
+    await _refused(app, "markOrderDelivered", order_id, staff)
+
+    assert (await app.emulator.dispute(pi, status="lost")).status_code == 200
+
+    order = await _order(order_id)
+    assert (order.status.value, order.payment_status.value) == ("refunded", "refunded")
+    assert order.tracking_number == "1Z999"
+    assert await stock_of(product) == 8  # the goods left the warehouse: nothing comes back
+    await _refused(app, "markOrderDelivered", order_id, staff)
+
+
+async def test_paid_and_partly_refunded_orders_ship(app: Harness, mailbox: Mailbox) -> None:
+    """The control: money that is (mostly) still there lets the order go out."""
+    product, order_id, _ = await _paid(app, mailbox, stock=10, quantity=2)
+    other = (await checked_out_order(app, app.token("bob"), product, 1))["orderId"]
+    session = (await _order(other)).stripe_checkout_session_id or ""
+    assert (await app.emulator.complete_session(session)).status_code == 200
+    order = await _order(other)
+    await app.asgi.state.services.gateway.create_refund(
+        order.stripe_payment_intent_id, 500, idempotency_key="partial-2", reason="test"
+    )
+    await app.emulator.drain()
+    assert (await _order(other)).payment_status.value == "partially_refunded"
+    staff = app.token("sam", staff=True)
+
+    for step in FULFILMENT_STEPS:
+        for each in (order_id, other):
+            answer = await _step(app, step, each, staff)
+            assert answer["userErrors"] == [], (step, answer)
+
+    assert sorted((o.status.value, o.payment_status.value) for o in await Order.all()) == [
+        ("delivered", "paid"),
+        ("delivered", "partially_refunded"),
+    ]
+    assert await stock_of(product) == 7
 
 
 async def test_sync_order_payment_confirms_before_the_webhook(

@@ -272,6 +272,13 @@ async def _mail_retried(world: World, role: str, answer: Any) -> None:
     assert mail.attempts < 5  # a fresh set of tries (the sender may have used one already)
 
 
+async def _all_dead_mail_retried(world: World, role: str, answer: Any) -> None:
+    assert answer == {"retried": 1, "userErrors": []}
+    mail = await OutboxEmail.get(id=world.dead_mail_id)
+    # A fresh set of tries: PENDING, or DEAD again at once (bounce.test refuses with a 550).
+    assert mail.attempts < 5
+
+
 async def _follows(world: World, role: str, answer: Any) -> None:
     assert answer["id"] == world.order_id
     assert answer["status"] == "PENDING_PAYMENT"
@@ -426,6 +433,12 @@ OPERATIONS: dict[str, Operation] = {
         _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
         _mail_retried,
         variables=lambda world: {"m": str(world.dead_mail_id)},
+    ),
+    "retryDeadEmails": Operation(
+        "mutation",
+        "mutation { retryDeadEmails { retried userErrors { code message } } }",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _all_dead_mail_retried,
     ),
     # Subscription
     "orderStatusChanged": Operation(

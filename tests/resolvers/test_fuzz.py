@@ -333,6 +333,17 @@ EDGES: dict[str, tuple[str, str, dict[str, Any]]] = {
         "mutation($m: ID!) { retryEmail(id: $m) { email { id } userErrors { code } } }",
         {"m": "99999999999999999999"},
     ),
+    "retryDeadEmails twice in one operation": (
+        "staff",
+        """mutation { a: retryDeadEmails { retried userErrors { code } }
+             b: retryDeadEmails { retried userErrors { code } } }""",
+        {},
+    ),
+    "retryDeadEmails by a shopper": (
+        "shopper",
+        "mutation { retryDeadEmails { retried userErrors { code } } }",
+        {},
+    ),
     "addToCart with the largest Int": (
         "shopper",
         """mutation($p: ID!) { addToCart(productId: $p, quantity: 2147483647)

@@ -13,6 +13,7 @@ from ordergraph.models import (
     OrderStatusChange,
     OutboxEmail,
     OutboxStatus,
+    PaymentDiscrepancy,
     PaymentTracker,
     ProcessedStripeEvent,
     Product,
@@ -62,6 +63,7 @@ async def snapshot(emulator: StripeEmulator | None = None) -> dict[str, Any]:
         ),
         "stripe_events": sorted(e.event_id for e in await ProcessedStripeEvent.all()),
         "outbox": sorted(e.dedupe_key for e in await OutboxEmail.all()),
+        "discrepancies": sorted(d.dedupe_key for d in await PaymentDiscrepancy.all()),
         # Live mail changes state as the sender works; a dead one only when someone acts.
         "dead_mail": sorted(
             (e.dedupe_key, e.attempts) for e in await OutboxEmail.filter(status=OutboxStatus.DEAD)

@@ -1,0 +1,59 @@
+"""The background task that keeps every order settled while the service runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+from ordergraph.domain.expiry import sweep_overdue_orders
+from ordergraph.domain.payments import PaymentServices
+from ordergraph.domain.reconcile import reconcile
+
+log = logging.getLogger(__name__)
+
+
+class Sweeper:
+    """Runs `sweep_overdue_orders` every `SWEEP_INTERVAL_SECONDS` in the server process, and
+    a whole reconciliation every `RECONCILE_INTERVAL_SECONDS` (0: never)."""
+
+    def __init__(self, services: PaymentServices) -> None:
+        self.services = services
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        settings = self.services.settings
+        interval = settings.sweep_interval_seconds
+        if interval <= 0:
+            return
+        next_reconcile = time.monotonic() + settings.reconcile_interval_seconds
+        while not self._stop.is_set():
+            try:
+                settled = await sweep_overdue_orders(self.services)
+                if settled:
+                    log.info("sweeper settled %d overdue orders", settled)
+                if settings.reconcile_interval_seconds and time.monotonic() >= next_reconcile:
+                    next_reconcile = time.monotonic() + settings.reconcile_interval_seconds
+                    await self._reconcile()
+            except Exception:
+                log.exception("sweeper pass failed; trying next round")
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+
+    async def _reconcile(self) -> None:
+        window = timedelta(hours=self.services.settings.reconcile_window_hours)
+        report = await reconcile(self.services, since=datetime.now(UTC) - window)
+        for finding in report.findings:
+            log.warning(
+                "reconcile: %s %s: %s (%s)",
+                finding.kind,
+                finding.order_id,
+                finding.detail,
+                finding.action,
+            )
+
+    def stop(self) -> None:
+        self._stop.set()
