@@ -11,11 +11,18 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from ordergraph.logs import configure_logging, logging_config
 from ordergraph.settings import Settings, SettingsError, log_format_from_env
+
+if TYPE_CHECKING:
+    from ordergraph.domain.payments import PaymentServices
+
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -152,30 +159,58 @@ def cmd_token(args: argparse.Namespace) -> None:
     )
 
 
-async def _expire_pending(settings: Settings) -> int:
+async def _with_services(settings: Settings, work: Callable[[PaymentServices], Awaitable[T]]) -> T:
+    """Run `work` as the server's sweeper would: with the database, Stripe and the event
+    transport installed, so that subscribers held by the serving processes hear of each
+    change this command makes."""
     from tortoise import Tortoise
 
     from ordergraph import events
     from ordergraph.db import tortoise_config
-    from ordergraph.domain.expiry import sweep_overdue_orders
     from ordergraph.domain.payments import PaymentServices
     from ordergraph.stripe_gateway import StripeGateway
 
     await Tortoise.init(config=tortoise_config(settings.database_url))
     gateway = StripeGateway(settings)
     try:
-        # Installed, so that subscribers held by the serving processes hear of each change.
         async with events.running(settings.events_url):
-            return await sweep_overdue_orders(PaymentServices(settings, gateway))
+            return await work(PaymentServices(settings, gateway))
     finally:
         await gateway.close()
         await Tortoise.close_connections()
 
 
 def cmd_expire_pending(args: argparse.Namespace) -> None:
-    settings = _settings()
-    settled = asyncio.run(_expire_pending(settings))
+    from ordergraph.domain.expiry import sweep_overdue_orders
+
+    settled = asyncio.run(_with_services(_settings(), sweep_overdue_orders))
     print(f"settled {settled} overdue orders")
+
+
+def cmd_reconcile(args: argparse.Namespace) -> None:
+    from ordergraph.domain.reconcile import reconcile
+    from ordergraph.stripe_gateway import PaymentProviderError
+
+    since = datetime.now(UTC) - timedelta(hours=args.since)
+    try:
+        report = asyncio.run(
+            _with_services(_settings(), lambda services: reconcile(services, since=since))
+        )
+    except PaymentProviderError as exc:
+        raise SystemExit(f"ordergraph reconcile: Stripe could not be asked: {exc}") from None
+    print(
+        f"reconciled {report.sessions} Stripe Checkout Sessions and {report.orders} paid "
+        f"orders of the last {args.since} h; settled {report.swept} overdue orders"
+    )
+    for finding in report.findings:
+        print(
+            f"{finding.kind}\t{finding.order_id or '-'}\t{finding.session_id or '-'}\t"
+            f"{finding.action}\t{finding.detail}"
+        )
+    if report.needs_staff:
+        print(f"{len(report.needs_staff)} finding(s) need staff (see paymentDiscrepancies)")
+        raise SystemExit(1)
+    print("nothing needs staff")
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
@@ -310,6 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
         "cancel unpaid orders past their expiry (after asking Stripe), releasing their stock",
     )
     expire.set_defaults(func=cmd_expire_pending)
+
+    reconcile = verb(
+        "reconcile",
+        "compare Stripe's Checkout Sessions of the period with the orders, settle what a rule "
+        "covers, record every PaymentDiscrepancy; exit status 1 when some need staff",
+    )
+    reconcile.add_argument(
+        "--since",
+        type=_number(1, 24 * 90),
+        default=48,
+        metavar="HOURS",
+        help="how far back to look",
+    )
+    reconcile.set_defaults(func=cmd_reconcile)
 
     schema = verb("schema", "print the GraphQL schema (SDL)")
     schema.set_defaults(func=cmd_schema)

@@ -19,7 +19,7 @@ from strawberry.extensions import (
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionContext
 
-from ordergraph.resolvers import cart, catalog, emails, orders, subscriptions
+from ordergraph.resolvers import cart, catalog, emails, orders, payments, subscriptions
 from ordergraph.resolvers.base import RefuseBadToken
 from ordergraph.resolvers.types import (
     Cart,
@@ -29,6 +29,7 @@ from ordergraph.resolvers.types import (
     Order,
     OrderConnection,
     OrderPayload,
+    PaymentDiscrepancy,
     Product,
     ProductConnection,
     ProductPayload,
@@ -57,6 +58,13 @@ class Query:
     undelivered_emails: list[UndeliveredEmail] = strawberry.field(
         resolver=emails.undelivered_emails,
         description="Staff only: mail that failed at least once and is not sent, newest first.",
+    )
+    payment_discrepancies: list[PaymentDiscrepancy] = strawberry.field(
+        resolver=payments.payment_discrepancies,
+        description=(
+            "Staff only: where Stripe and the service disagreed (newest first), and what was "
+            "done; unresolved ones wait for staff."
+        ),
     )
 
 

@@ -328,14 +328,14 @@ class StripeGateway:
         sessions: list[CheckoutSession] = await self._call("checkout session list", every_page())
         return sessions
 
-    async def payment_intent_status(self, payment_intent_id: str) -> str | None:
-        """`succeeded`, `processing`, `requires_payment_method` (the last attempt failed)…"""
+    async def retrieve_payment_intent(self, payment_intent_id: str) -> PaymentRecord:
+        """Its `status` (`succeeded`, `processing`, `requires_payment_method` when the last
+        attempt failed…) and the order its metadata names."""
         intent = await self._call(
             "payment intent retrieve",
             self.client.v1.payment_intents.retrieve_async(payment_intent_id),
         )
-        status = intent["status"] if "status" in intent else None
-        return status if isinstance(status, str) else None
+        return payment_record_from_stripe(intent)
 
     async def expire_checkout_session(self, session_id: str) -> CheckoutSession:
         session = await self._call(

@@ -113,7 +113,16 @@ def test_migrate_creates_the_schema_on_a_fresh_database(tmp_path: Path) -> None:
     } <= tables
 
 
-VERBS = ("serve", "demo", "migrate", "token", "expire-pending", "schema", "stripe-emulator")
+VERBS = (
+    "serve",
+    "demo",
+    "migrate",
+    "token",
+    "expire-pending",
+    "reconcile",
+    "schema",
+    "stripe-emulator",
+)
 
 
 def test_bare_ordergraph_lists_the_verbs() -> None:

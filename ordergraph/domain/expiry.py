@@ -110,8 +110,8 @@ async def _settle_missing(order: Order) -> Outcome:
 async def _settle_processing(order: Order, services: PaymentServices) -> Outcome:
     """A delayed payment whose result event was lost: ask its payment intent how it ended."""
     intent = order.stripe_payment_intent_id  # stored when the session completed unpaid
-    status = await services.gateway.payment_intent_status(intent) if intent else None
-    if status not in ("requires_payment_method", "canceled"):
+    payment = await services.gateway.retrieve_payment_intent(intent) if intent else None
+    if payment is None or payment.status not in ("requires_payment_method", "canceled"):
         return Outcome.UNCHANGED  # still processing (bank transfers take days), or paid
     async with transaction():
         locked = await lock_order(str(order.id))
@@ -155,10 +155,14 @@ async def reconcile_overdue(order: Order, services: PaymentServices) -> Outcome:
         if not order.stripe_checkout_session_id:
             return await _settle_interrupted(order, services)
         synced = await sync_checkout(order, actor="sweeper", services=services)
-        if synced in (Outcome.APPLIED, Outcome.REFUSED):
+        if synced == Outcome.REFUSED:
             return synced
-        if order.payment_status == PaymentStatus.PROCESSING:
-            return await _settle_processing(order, services)
+        await order.refresh_from_db()
+        if order.payment_status == PaymentStatus.PROCESSING:  # perhaps since this very sync
+            failed = await _settle_processing(order, services)
+            return Outcome.APPLIED if Outcome.APPLIED in (synced, failed) else Outcome.UNCHANGED
+        if synced == Outcome.APPLIED:
+            return synced
         ended = await _expire_session(order, services)
     except PaymentProviderError as exc:
         if exc.missing:

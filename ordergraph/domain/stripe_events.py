@@ -31,6 +31,7 @@ from ordergraph.mail import messages as emails
 from ordergraph.models import Order, OrderStatus, PaymentStatus, ProcessedStripeEvent
 from ordergraph.stripe_gateway import (
     MalformedStripeObject,
+    PaymentProviderError,
     PaymentRecord,
     payment_record_from_stripe,
     session_from_stripe,
@@ -62,11 +63,21 @@ async def _on_session_expired(
     return Outcome.APPLIED if cancelled else Outcome.UNCHANGED
 
 
-async def _order_of_payment(record: PaymentRecord) -> Order:
-    """The paid order a charge or dispute is about; RetryLater until its payment is recorded."""
+async def _order_of_payment(record: PaymentRecord, services: PaymentServices) -> Order:
+    """The paid order a charge or dispute is about; RetryLater until its payment is recorded.
+
+    A dispute carries no metadata of ours: before the payment is recorded here (its event
+    may come later), the payment intent, whose metadata names the order, tells whose it is.
+    """
     order = None
     if record.payment_intent_id is not None:
         order = await Order.filter(stripe_payment_intent_id=record.payment_intent_id).first()
+        if order is None and record.order_id is None:
+            try:
+                intent = await services.gateway.retrieve_payment_intent(record.payment_intent_id)
+            except PaymentProviderError as exc:
+                raise RetryLater(f"payment intent {record.payment_intent_id} unknown") from exc
+            record = intent
     if order is None:
         order_id = uuid_or_none(record.order_id)
         if order_id is None:
@@ -87,7 +98,7 @@ async def _on_charge_refunded(
     charge = payment_record_from_stripe(obj)
     if charge.amount_refunded is None:
         raise MalformedStripeObject("amount_refunded is not a whole number")
-    order = await _order_of_payment(charge)
+    order = await _order_of_payment(charge, services)
     return await apply_refund(order, charge.amount_refunded, actor=actor)
 
 
@@ -95,7 +106,7 @@ async def _on_dispute_created(
     obj: dict[str, Any], actor: str, services: PaymentServices
 ) -> Outcome:
     dispute = payment_record_from_stripe(obj)
-    order = await _order_of_payment(dispute)
+    order = await _order_of_payment(dispute, services)
     if order.payment_status == PaymentStatus.DISPUTED:
         return Outcome.UNCHANGED
     await change_order(
@@ -115,21 +126,23 @@ async def _on_dispute_created(
 
 async def _on_dispute_closed(obj: dict[str, Any], actor: str, services: PaymentServices) -> Outcome:
     dispute = payment_record_from_stripe(obj)
-    order = await _order_of_payment(dispute)
+    order = await _order_of_payment(dispute, services)
     if order.payment_status != PaymentStatus.DISPUTED:
         raise RetryLater(f"dispute {dispute.id} closed before it was seen opening")
-    won = dispute.status == "won"
+    # Only a lost dispute takes the money: won, warning_closed (an inquiry) and prevented
+    # leave it with the shop.
+    lost = dispute.status == "lost"
     # Lost: the whole charge went back, as a full refund does, so the order ends REFUNDED like
     # one (releasing its stock if it was not shipped yet); see order_state, "no fulfilment
     # without money".
-    gone = not won and can_transition(order.status, OrderStatus.REFUNDED)
+    gone = lost and can_transition(order.status, OrderStatus.REFUNDED)
     await change_order(
         order,
         status=OrderStatus.REFUNDED if gone else None,
-        payment_status=PaymentStatus.PAID if won else PaymentStatus.REFUNDED,
-        reason="dispute won" if won else "dispute lost",
+        payment_status=PaymentStatus.REFUNDED if lost else PaymentStatus.PAID,
+        reason=f"dispute {dispute.status or 'closed'}",
         actor=actor,
-        fields={} if won else {"amount_refunded": order.total},
+        fields={"amount_refunded": order.total} if lost else {},
     )
     return Outcome.APPLIED
 

@@ -266,6 +266,35 @@ class ProductInput:
     stock: int
 
 
+@strawberry.type
+class PaymentDiscrepancy:
+    id: strawberry.ID
+    order_id: strawberry.ID | None
+    checkout_session_id: str | None
+    kind: str = strawberry.field(
+        description="e.g. PAID_NOT_RECORDED, REFUSED_PAYMENT, AMOUNT_MISMATCH, UNKNOWN_AT_STRIPE."
+    )
+    detail: str
+    action: str = strawberry.field(
+        description="What the service did about it (refunded, cancelled, left for staff)."
+    )
+    found_at: datetime
+    resolved_at: datetime | None
+
+    @classmethod
+    def from_model(cls, row: models.PaymentDiscrepancy) -> PaymentDiscrepancy:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            order_id=strawberry.ID(str(row.order_id)) if row.order_id else None,
+            checkout_session_id=row.checkout_session_id,
+            kind=row.kind,
+            detail=row.detail,
+            action=row.action,
+            found_at=row.found_at,
+            resolved_at=row.resolved_at,
+        )
+
+
 @strawberry.type(description="A mail the outbox could not deliver yet, or gave up on (DEAD).")
 class UndeliveredEmail:
     id: strawberry.ID

@@ -64,10 +64,13 @@ class GraphQLApp(GraphQL[Context, None]):
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         """A WebSocket's token comes in `connection_init` (browsers cannot set headers on
-        one): a bad token refuses the connection; none leaves it anonymous."""
+        one), or else in the handshake's `Authorization` header: a bad token refuses the
+        connection; none leaves it anonymous."""
         params = context.connection_params or {}
         header = params.get("authorization") or params.get("Authorization")
         if header is None:
+            if context.auth_error is not None:  # the handshake's header was bad
+                raise ConnectionRejectionError({"message": context.auth_error})
             return UNSET
         try:
             if not isinstance(header, str):
@@ -75,7 +78,7 @@ class GraphQLApp(GraphQL[Context, None]):
             credentials = credentials_from_header(self.settings.jwt_secret, header)
         except AuthError as exc:
             raise ConnectionRejectionError({"message": str(exc)}) from None
-        context.identity = credentials.identity
+        context.identity, context.auth_error = credentials.identity, None
         if isinstance(context, SocketContext):
             context.token_expires_at = credentials.expires_at
         return UNSET

@@ -1,7 +1,12 @@
 """Property: whatever order Stripe's events arrive in, however often, mixed with shopper
 cancels and sweeper passes, stock is never negative, reserved units are exactly those of the
 orders that hold stock, every order's path is one the state machine allows, no order gets two
-receipts, and each order ends where its ordered story ends.
+receipts, no payment is refunded twice, and each order ends where its ordered story ends.
+
+The stories include what goes wrong: payments the service refuses, async results whose event
+is lost, disputes lost after payment, checkouts cut short between commit and session. And once
+every event is in, a sweep with Stripe reachable leaves no order PENDING_PAYMENT past its
+expiry.
 
 Stripe is modelled as it behaves: a delivery answered with 5xx is delivered again later.
 """
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -18,6 +24,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ordergraph.db import is_postgres, transaction
+from ordergraph.domain.checkout import place_order
+from ordergraph.domain.errors import BusinessError
 from ordergraph.domain.expiry import sweep_overdue_orders
 from ordergraph.domain.order_state import (
     HOLDS_STOCK,
@@ -34,11 +43,30 @@ from ordergraph.models import (
     PaymentStatus,
     Product,
 )
+from ordergraph.stripe_emulator import Delivery
 from tests.conftest import Harness, SmtpServer, reset_service
 from tests.utils.helpers import ADD_TO_CART, CHECKOUT
 
-SCENARIOS = ["paid", "paid_swept", "async_ok", "async_fail", "expired", "cancel", "sweep"]
+SCENARIOS = [
+    "paid",
+    "paid_swept",
+    "async_ok",
+    "async_fail",
+    "expired",
+    "cancel",
+    "sweep",
+    "refused",
+    "async_fail_lost",
+    "async_ok_lost",
+    "dispute_lost",
+    "crash",
+]
 EXPECTED = {
+    "refused": ("payment_failed", "refunded"),
+    "async_fail_lost": ("payment_failed", "failed"),
+    "async_ok_lost": ("payment_confirmed", "paid"),
+    "dispute_lost": ("refunded", "refunded"),
+    "crash": ("cancelled", "failed"),
     "paid": ("payment_confirmed", "paid"),
     "paid_swept": ("payment_confirmed", "paid"),
     "async_ok": ("payment_confirmed", "paid"),
@@ -63,8 +91,32 @@ async def _place(app: Harness, user: str, lines: list[tuple[Product, int]]) -> s
     for product, quantity in lines:
         await app.gql(ADD_TO_CART, {"p": str(product.id), "q": quantity}, token=token)
     body = await app.gql(CHECKOUT, token=token)
-    order_id: str | None = body["data"]["checkout"]["orderId"]
-    return order_id
+    placed: str | None = body["data"]["checkout"]["orderId"]
+    return placed
+
+
+async def _crashed(app: Harness, user: str, lines: list[tuple[Product, int]]) -> str | None:
+    """A checkout whose process died after committing the order, before opening its session."""
+    token = app.token(user)
+    for product, quantity in lines:
+        await app.gql(ADD_TO_CART, {"p": str(product.id), "q": quantity}, token=token)
+    await app.gql("{ cart { itemCount } }", token=token)  # the shopper's user row
+    try:
+        order, _ = await place_order(user, app.settings, email=f"{user}@example.com")
+    except BusinessError:  # short of stock: nothing to follow
+        return None
+    await Order.filter(id=order.id).update(created_at=datetime.now(UTC) - timedelta(minutes=3))
+    return str(order.id)
+
+
+async def _unsent(app: Harness, send: Callable[[], Awaitable[Delivery]]) -> dict[str, Any]:
+    """What Stripe does and the event it would send, with the event kept back (lost, or to be
+    delivered by the test in its own order)."""
+    url, app.emulator.webhook_url = app.emulator.webhook_url, None
+    try:
+        return (await send()).event
+    finally:
+        app.emulator.webhook_url = url
 
 
 async def _story(app: Harness, order_id: str, scenario: str) -> Story:
@@ -72,7 +124,25 @@ async def _story(app: Harness, order_id: str, scenario: str) -> Story:
     order = await Order.get(id=order_id)
     session_id = order.stripe_checkout_session_id or ""
     story = Story(order_id, session_id, scenario)
-    if scenario in ("paid", "paid_swept"):
+    if scenario == "crash":
+        story.steps.append(("sweep", order_id))
+    elif scenario == "refused":
+        forged = await emulator.complete_session(session_id, amount_total=1, deliver=False)
+        story.steps.append(("event", forged.event))
+    elif scenario in ("async_fail_lost", "async_ok_lost"):
+        unpaid = await emulator.complete_session(session_id, payment_status="unpaid", deliver=False)
+        story.steps.append(("event", unpaid.event))
+        if scenario == "async_fail_lost":
+            await _unsent(app, lambda: emulator.async_payment_failed(session_id))
+        else:
+            await _unsent(app, lambda: emulator.async_payment_succeeded(session_id))
+    elif scenario == "dispute_lost":
+        paid = await emulator.complete_session(session_id, deliver=False)
+        intent = emulator.sessions[session_id]["payment_intent"]
+        opened = await _unsent(app, lambda: emulator.dispute(intent))
+        lost = await _unsent(app, lambda: emulator.dispute(intent, status="lost"))
+        story.steps += [("event", paid.event), ("event", opened), ("event", lost)]
+    elif scenario in ("paid", "paid_swept"):
         story.steps.append(
             ("event", (await emulator.complete_session(session_id, deliver=False)).event)
         )
@@ -99,6 +169,14 @@ async def _story(app: Harness, order_id: str, scenario: str) -> Story:
 
 
 async def _check_invariants(products: dict[str, Product], initial: dict[str, int]) -> None:
+    """Read in one snapshot: the service's own sweeper may settle an order meanwhile."""
+    async with transaction() as connection:
+        if is_postgres(connection):
+            await connection.execute_script("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        await _invariants_hold(products, initial)
+
+
+async def _invariants_hold(products: dict[str, Product], initial: dict[str, int]) -> None:
     holding: Counter[str] = Counter()
     orders = {str(o.id): o for o in await Order.all()}
     held = {k for k, o in orders.items() if o.status in HOLDS_STOCK or o.status in SHIPPED_STATES}
@@ -148,7 +226,7 @@ async def _step(app: Harness, kind: str, value: Any, retry: list[tuple[str, Any]
 
 
 @settings(
-    max_examples=25,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -177,7 +255,10 @@ async def test_any_interleaving_keeps_stock_and_ends_in_the_ordered_state(
         qa, qb = quantities[index]
         lines = [(products["A"], qa), (products["B"], qb)]
         lines = [(p, q) for p, q in lines if q] or [(products["A"], 1)]
-        order_id = await _place(app, f"shopper-{index}", lines)
+        if scenario == "crash":
+            order_id: str | None = await _crashed(app, f"shopper-{index}", lines)
+        else:
+            order_id = await _place(app, f"shopper-{index}", lines)
         if order_id is not None:  # refused for short stock: nothing to follow
             stories.append(await _story(app, order_id, scenario))
     await _check_invariants(products, STOCK)
@@ -198,6 +279,17 @@ async def test_any_interleaving_keeps_stock_and_ends_in_the_ordered_state(
     assert retry == []
     await app.emulator.drain()
     await _check_invariants(products, STOCK)
+
+    # Every event is in: one sweep, with Stripe reachable and every claim lapsed, settles
+    # every order past its expiry.
+    later = datetime.now(UTC) + timedelta(hours=2)
+    await sweep_overdue_orders(app.asgi.state.services, now=later)
+    await app.emulator.drain()
+    await _check_invariants(products, STOCK)
+    overdue = Order.filter(status=OrderStatus.PENDING_PAYMENT, expires_at__lt=later)
+    assert await overdue.count() == 0
+    refunded = Counter((r["payment_intent"], r["amount"]) for r in app.emulator.refunds.values())
+    assert all(count == 1 for count in refunded.values()), refunded
 
     for story in stories:
         order = await Order.get(id=story.order_id)

@@ -8,6 +8,7 @@ made to Stripe and the mail sent.
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,13 @@ from ordergraph.domain.checkout import place_order, session_request
 from ordergraph.domain.expiry import sweep_overdue_orders
 from ordergraph.models import CartItem, Order, OrderItem, PaymentDiscrepancy, Product
 from tests.conftest import Harness, Mailbox
-from tests.utils.helpers import add_to_cart, checked_out_order, make_product, stock_of
+from tests.utils.helpers import (
+    add_to_cart,
+    checked_out_order,
+    make_product,
+    run_ordergraph,
+    stock_of,
+)
 
 CANCEL = "mutation($id: ID!) { cancelOrder(orderId: $id) { order { status paymentStatus } userErrors { code message } } }"  # noqa: E501
 
@@ -304,3 +311,76 @@ async def test_concurrent_sweepers_ask_stripe_once_per_order(app: Harness) -> No
         assert _calls(app, "GET", f"/v1/checkout/sessions/{session_id}") == 1
         assert _calls(app, "POST", f"/v1/checkout/sessions/{session_id}/expire") == 1
     assert await stock_of(product) == 50
+
+
+# Rule 3: ordergraph reconcile
+
+
+def _env(app: Harness) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": app.settings.database_url,
+        "JWT_SECRET": app.settings.jwt_secret,
+        "STRIPE_SECRET_KEY": app.settings.stripe_secret_key or "",
+        "STRIPE_API_BASE": app.settings.stripe_api_base or "",
+    }
+
+
+DISCREPANCIES = "{ paymentDiscrepancies(unresolvedOnly: %s) { kind orderId action resolvedAt } }"
+
+
+async def test_reconcile_confirms_what_stripe_was_paid_and_flags_the_rest(app: Harness) -> None:
+    product, lost_id, lost_session = await _placed(app, quantity=1)
+    await app.emulator.complete_session(lost_session, deliver=False)  # the webhook is lost
+    other = await checked_out_order(app, app.token("bob"), product, 1)
+    # An order the database says is paid, though its session at Stripe is not.
+    await Order.filter(id=other["orderId"]).update(
+        status="payment_confirmed", payment_status="paid", paid_at=datetime.now(UTC)
+    )
+
+    returncode, stdout, stderr = await run_ordergraph("reconcile", "--since", "1", env=_env(app))
+
+    assert returncode == 1, stderr
+    assert "reconciled 2 Stripe Checkout Sessions" in stdout
+    assert f"PAID_NOT_RECORDED\t{lost_id}" in stdout
+    assert f"NOT_PAID_AT_STRIPE\t{other['orderId']}" in stdout
+    assert "1 finding(s) need staff" in stdout
+    assert await _state(lost_id) == ("payment_confirmed", "paid")
+    staff = app.token("sam", staff=True)
+    open_ = await app.gql(DISCREPANCIES % "true", token=staff)
+    assert open_["data"]["paymentDiscrepancies"] == [
+        {
+            "kind": "NOT_PAID_AT_STRIPE",
+            "orderId": other["orderId"],
+            "action": "left for staff",
+            "resolvedAt": None,
+        }
+    ]
+    every = (await app.gql(DISCREPANCIES % "false", token=staff))["data"]["paymentDiscrepancies"]
+    assert sorted(d["kind"] for d in every) == ["NOT_PAID_AT_STRIPE", "PAID_NOT_RECORDED"]
+
+    # Run again: the same findings are not recorded twice, nothing is confirmed twice.
+    returncode, stdout, _ = await run_ordergraph("reconcile", env=_env(app))
+    assert returncode == 1
+    assert await PaymentDiscrepancy.all().count() == 2
+
+
+async def test_reconcile_with_nothing_amiss_exits_0(app: Harness) -> None:
+    _, _, session_id = await _placed(app)
+    assert (await app.emulator.complete_session(session_id)).status_code == 200
+
+    returncode, stdout, stderr = await run_ordergraph("reconcile", env=_env(app))
+
+    assert returncode == 0, stderr
+    assert "nothing needs staff" in stdout
+    assert await PaymentDiscrepancy.all().count() == 0
+
+
+async def test_reconcile_without_stripe_says_so(app: Harness) -> None:
+    env = {**_env(app), "STRIPE_API_BASE": "http://127.0.0.1:9"}  # nothing listens there
+
+    returncode, _, stderr = await run_ordergraph("reconcile", env=env)
+
+    assert returncode == 1
+    assert "Stripe could not be asked" in stderr
+    assert "Traceback" not in stderr

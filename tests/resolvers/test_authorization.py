@@ -22,7 +22,15 @@ import jwt
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from ordergraph.models import CartItem, Order, OutboxEmail, OutboxStatus, Product, User
+from ordergraph.models import (
+    CartItem,
+    Order,
+    OutboxEmail,
+    OutboxStatus,
+    PaymentDiscrepancy,
+    Product,
+    User,
+)
 from ordergraph.schema import build_schema
 from tests.conftest import JWT_SECRET, Harness
 from tests.utils.dbstate import snapshot, user_ids, without_cart_of
@@ -109,6 +117,15 @@ async def build_world(app: Harness, stage: str) -> World:
         attempts=5,
         last_error="550 5.1.1 No such user",
         next_attempt_at=datetime.now(UTC),
+    )
+    # A finding left for staff, for the staff's payment queries.
+    await PaymentDiscrepancy.create(
+        dedupe_key=f"NOT_PAID_AT_STRIPE:{session_id}",
+        order_id=order_id,
+        checkout_session_id=session_id,
+        kind="NOT_PAID_AT_STRIPE",
+        detail="test",
+        action="left for staff",
     )
     await app.emulator.drain()
     return World(app, tee, mug, order_id, session_id, dead.id)
@@ -265,6 +282,10 @@ async def _lists_undelivered_mail(world: World, role: str, answer: Any) -> None:
     ]
 
 
+async def _lists_discrepancies(world: World, role: str, answer: Any) -> None:
+    assert answer == [{"kind": "NOT_PAID_AT_STRIPE", "orderId": world.order_id, "resolvedAt": None}]
+
+
 async def _mail_retried(world: World, role: str, answer: Any) -> None:
     assert answer["userErrors"] == []
     assert answer["email"] == {"id": str(world.dead_mail_id), "status": "PENDING"}
@@ -333,6 +354,12 @@ OPERATIONS: dict[str, Operation] = {
         "{ undeliveredEmails { id status orderId recipient } }",
         _roles(UNAUTHENTICATED, FORBIDDEN_ERROR, FORBIDDEN_ERROR, ALLOWED),
         _lists_undelivered_mail,
+    ),
+    "paymentDiscrepancies": Operation(
+        "query",
+        "{ paymentDiscrepancies { kind orderId resolvedAt } }",
+        _roles(UNAUTHENTICATED, FORBIDDEN_ERROR, FORBIDDEN_ERROR, ALLOWED),
+        _lists_discrepancies,
     ),
     # Mutations on the caller's own cart
     "addToCart": Operation(
@@ -657,6 +684,13 @@ async def test_bad_tokens_are_unauthenticated_and_create_no_user(
     # The same token in a WebSocket's connection_init refuses the connection.
     async with await RawSocket.open(app.url, TRANSPORT_WS) as raw:
         await raw.send({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}})
+        with pytest.raises(ConnectionClosed) as closed:
+            await raw.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+    # And in the handshake's Authorization header, for clients that can set one.
+    headers = {"Authorization": f"Bearer {token}"}
+    async with await RawSocket.open(app.url, TRANSPORT_WS, headers=headers) as raw:
+        await raw.send({"type": "connection_init", "payload": {}})
         with pytest.raises(ConnectionClosed) as closed:
             await raw.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403

@@ -139,12 +139,18 @@ class RawSocket:
 
     @classmethod
     async def open(
-        cls, url: str, protocol: str = TRANSPORT_WS, *, origin: str | None = None
+        cls,
+        url: str,
+        protocol: str = TRANSPORT_WS,
+        *,
+        origin: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> RawSocket:
         socket = await websockets.connect(
             ws_url(url),
             subprotocols=[Subprotocol(protocol)],
             origin=Origin(origin) if origin else None,
+            additional_headers=headers,
             compression=None,
             open_timeout=5,
         )
