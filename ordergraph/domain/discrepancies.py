@@ -31,6 +31,16 @@ class Discrepancy(StrEnum):
 LEFT_FOR_STAFF = "left for staff"
 
 
+def _key(kind: Discrepancy, order_id: str | None, session_id: str | None) -> str:
+    return f"{kind.value}:{session_id or order_id}"
+
+
+async def already_recorded(
+    kind: Discrepancy, *, order_id: str | None = None, session_id: str | None = None
+) -> bool:
+    return await PaymentDiscrepancy.filter(dedupe_key=_key(kind, order_id, session_id)).exists()
+
+
 async def record_discrepancy(
     kind: Discrepancy,
     *,
@@ -43,7 +53,7 @@ async def record_discrepancy(
     found again; settled unless its action is `LEFT_FOR_STAFF`."""
     now = datetime.now(UTC)
     row = PaymentDiscrepancy(
-        dedupe_key=f"{kind.value}:{session_id or order_id}",
+        dedupe_key=_key(kind, order_id, session_id),
         order_id=order_id,
         checkout_session_id=session_id,
         kind=kind.value,

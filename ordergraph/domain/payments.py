@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any, NoReturn
 
 from ordergraph.db import transaction
-from ordergraph.domain.discrepancies import Discrepancy, record_discrepancy
+from ordergraph.domain.discrepancies import Discrepancy, already_recorded, record_discrepancy
 from ordergraph.domain.errors import BusinessError, ErrorCode, order_not_found
 from ordergraph.domain.order_state import can_transition, change_order, lock_order
 from ordergraph.mail import messages as emails
@@ -126,6 +126,8 @@ async def refuse_payment(
     at once (one refund per session, by idempotency key), the order it came for leaves
     PENDING_PAYMENT when the session was its own (its stock released), and the finding is
     recorded as a `PaymentDiscrepancy`. Runs inside the caller's transaction."""
+    if await already_recorded(Discrepancy.REFUSED_PAYMENT, session_id=session.id):
+        return Outcome.REFUSED  # refunded and recorded when it was first seen
     security_log.warning(
         "refused payment of session %s for order %s: %s", session.id, order.id, problem
     )

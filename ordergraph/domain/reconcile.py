@@ -80,7 +80,8 @@ async def _paid_at_stripe(
             ),
         )
         return
-    if order.paid_at is None:
+    own = order.stripe_checkout_session_id in (None, session.id)
+    if order.paid_at is None or not own:  # not recorded, or a second payment for the order
         async with transaction():
             outcome = await confirm_checkout(session, actor=ACTOR, services=services)
         if outcome == Outcome.APPLIED:
@@ -104,7 +105,7 @@ async def _paid_at_stripe(
                     session.id,
                 )
             )
-        else:
+        elif order.paid_at is None:
             await _found(
                 report,
                 Finding(

@@ -384,3 +384,42 @@ async def test_reconcile_without_stripe_says_so(app: Harness) -> None:
     assert returncode == 1
     assert "Stripe could not be asked" in stderr
     assert "Traceback" not in stderr
+
+
+async def test_reconcile_refunds_a_second_payment_for_a_paid_order(app: Harness) -> None:
+    """Charged twice: the order's own session paid it; another session for the same order was
+    paid too, and its webhook lost. Reconciliation gives that money back, once."""
+    product, order_id, session_id = await _placed(app, quantity=1)
+    assert (await app.emulator.complete_session(session_id)).status_code == 200
+    client = stripe.StripeClient(
+        "sk_test_ordergraph", base_addresses={"api": app.settings.stripe_api_base or ""}
+    )
+    second = await client.v1.checkout.sessions.create_async(
+        params={
+            "mode": "payment",
+            "ui_mode": "embedded_page",
+            "return_url": "http://shop.test/again",
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": "usd",
+                        "unit_amount": 2500,
+                        "product_data": {"name": "TEE"},
+                    },
+                }
+            ],
+            "metadata": {"order_id": order_id, "user_id": "alice"},
+        }
+    )
+    await app.emulator.complete_session(second.id, deliver=False)
+
+    for _ in range(2):
+        returncode, stdout, stderr = await run_ordergraph("reconcile", env=_env(app))
+        assert returncode == 0, stdout + stderr
+        assert f"REFUSED_PAYMENT\t{order_id}\t{second.id}" in stdout
+
+    assert _refunds(app) == [(app.emulator.sessions[second.id]["payment_intent"], 2500)]
+    assert await _state(order_id) == ("payment_confirmed", "paid")
+    assert await stock_of(product) == 9
+    assert [k for k, *_ in await _discrepancies()] == ["REFUSED_PAYMENT"]
