@@ -19,11 +19,14 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ordergraph.stripe_emulator.checkout_sessions import ROUTES as CHECKOUT_SESSION_ROUTES
+from ordergraph.stripe_emulator.coupons import ROUTES as COUPON_ROUTES
 from ordergraph.stripe_emulator.errors import StripeApiError
 from ordergraph.stripe_emulator.events import ROUTES as EVENT_ROUTES
 from ordergraph.stripe_emulator.params import decode_form
 from ordergraph.stripe_emulator.payment_intents import ROUTES as PAYMENT_INTENT_ROUTES
+from ordergraph.stripe_emulator.promotion_codes import ROUTES as PROMOTION_CODE_ROUTES
 from ordergraph.stripe_emulator.refunds import ROUTES as REFUND_ROUTES
+from ordergraph.stripe_emulator.shipping_rates import ROUTES as SHIPPING_RATE_ROUTES
 from ordergraph.stripe_emulator.state import (
     EmulatorState,
     Handler,
@@ -43,6 +46,9 @@ API_ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
         *REFUND_ROUTES,
         *PAYMENT_INTENT_ROUTES,
         *EVENT_ROUTES,
+        *COUPON_ROUTES,
+        *PROMOTION_CODE_ROUTES,
+        *SHIPPING_RATE_ROUTES,
     ]
 ]
 

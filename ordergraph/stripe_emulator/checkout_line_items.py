@@ -11,7 +11,13 @@ import re
 from typing import Any
 
 from ordergraph.stripe_emulator.errors import _invalid, _missing
-from ordergraph.stripe_emulator.params import _check_unknown, _dict_param, _int_param, _str_param
+from ordergraph.stripe_emulator.params import (
+    _check_unknown,
+    _dict_param,
+    _enum_param,
+    _int_param,
+    _str_param,
+)
 from ordergraph.stripe_emulator.state import EmulatorState, _Call, _new_id, _now, _Result
 from ordergraph.stripe_emulator.types import JsonDict
 
@@ -23,6 +29,33 @@ LINE_ITEM_PARAMS = frozenset(
 PRICE_DATA_PARAMS = frozenset(
     "currency product product_data recurring tax_behavior unit_amount unit_amount_decimal".split()
 )
+PRODUCT_DATA_PARAMS = frozenset(
+    "description images metadata name tax_code tax_details unit_label".split()
+)
+TAX_DETAILS_PARAMS = frozenset({"performance_location", "tax_code"})
+TAX_BEHAVIORS = ("exclusive", "inclusive", "unspecified")
+
+
+def _product_tax_code(product_data: JsonDict, at: str) -> str | None:
+    """Check ``product_data``'s keys; its ``tax_code`` (or ``tax_details[tax_code]``)."""
+    _check_unknown(product_data, PRODUCT_DATA_PARAMS, at)
+    code = product_data.get("tax_code")
+    if product_data.get("tax_details") not in (None, ""):
+        details = _dict_param(product_data["tax_details"], f"{at}[tax_details]")
+        _check_unknown(details, TAX_DETAILS_PARAMS, f"{at}[tax_details]")
+        if code in (None, "") and details.get("tax_code") not in (None, ""):
+            code = _str_param(details["tax_code"], f"{at}[tax_details][tax_code]")
+    return None if code in (None, "") else _str_param(code, f"{at}[tax_code]")
+
+
+def line_tax_codes(raw: Any) -> list[str | None]:
+    """The product tax code of each line item of ``line_items`` already validated."""
+    return [
+        _product_tax_code(
+            item["price_data"]["product_data"], f"line_items[{i}][price_data][product_data]"
+        )
+        for i, item in enumerate(raw)
+    ]
 
 
 def parse_line_items(raw: Any) -> tuple[list[JsonDict], str]:
@@ -66,6 +99,10 @@ def parse_line_items(raw: Any) -> tuple[list[JsonDict], str]:
         product_data = pd.get("product_data")
         if not isinstance(product_data, dict) or not product_data.get("name"):
             raise _missing(f"{at}[price_data][product_data][name]")
+        _product_tax_code(product_data, f"{at}[price_data][product_data]")
+        tax_behavior = _enum_param(
+            pd.get("tax_behavior", "unspecified"), f"{at}[price_data][tax_behavior]", TAX_BEHAVIORS
+        )
         if item.get("quantity") in (None, ""):
             raise _missing(f"{at}[quantity]")
         quantity = _int_param(item["quantity"], f"{at}[quantity]", minimum=1)
@@ -96,7 +133,7 @@ def parse_line_items(raw: Any) -> tuple[list[JsonDict], str]:
                     "nickname": None,
                     "product": _new_id("prod_", 14),
                     "recurring": None,
-                    "tax_behavior": pd.get("tax_behavior", "unspecified"),
+                    "tax_behavior": tax_behavior,
                     "tiers_mode": None,
                     "transform_quantity": None,
                     "type": "one_time",

@@ -8,10 +8,21 @@ Stripe's has.
 
 from __future__ import annotations
 
-from ordergraph.stripe_emulator.checkout_line_items import list_line_items, parse_line_items
+from ordergraph.stripe_emulator.checkout_line_items import (
+    line_tax_codes,
+    list_line_items,
+    parse_line_items,
+)
+from ordergraph.stripe_emulator.checkout_options import (
+    parse_session_options,
+    shipping_option_entries,
+)
+from ordergraph.stripe_emulator.checkout_totals import price_session
 from ordergraph.stripe_emulator.delivery import build_event, deliver
 from ordergraph.stripe_emulator.errors import StripeApiError, _invalid, _missing
+from ordergraph.stripe_emulator.listing import list_page
 from ordergraph.stripe_emulator.params import _check_unknown, _dict_param, _int_param
+from ordergraph.stripe_emulator.shipping_rates import save_rate
 from ordergraph.stripe_emulator.state import (
     ApiRoute,
     EmulatorState,
@@ -47,7 +58,11 @@ SESSION_CREATE_PARAMS = frozenset(
 
 
 async def create_session(state: EmulatorState, call: _Call) -> _Result:
-    """``POST /v1/checkout/sessions``: only ``mode=payment`` with ``price_data`` line items."""
+    """``POST /v1/checkout/sessions``: only ``mode=payment`` with ``price_data`` line items.
+
+    Shipping options, discounts, ``allow_promotion_codes`` and automatic tax are
+    parsed by ``checkout_options``; the amounts are set by ``checkout_totals``.
+    """
     p = call.params
     _check_unknown(p, SESSION_CREATE_PARAMS)
     mode = p.get("mode")
@@ -111,6 +126,8 @@ async def create_session(state: EmulatorState, call: _Call) -> _Result:
     pi_data = _dict_param(p.get("payment_intent_data", {}), "payment_intent_data")
     lines, currency = parse_line_items(p.get("line_items"))
     subtotal = sum(line["amount_subtotal"] for line in lines)
+    options = parse_session_options(state, p, currency, subtotal)
+    tax_codes = line_tax_codes(p["line_items"])
 
     session_id = _new_id("cs_test_a1", 56)
     session = _session_skeleton()
@@ -156,8 +173,16 @@ async def create_session(state: EmulatorState, call: _Call) -> _Result:
     state.pi_data[session_id] = pi_data
     for line in lines:
         line["id"] = _new_id("li_")
+    for rate in options.new_rates:
+        save_rate(state, rate)
+    session.update(options.fields)
+    session["shipping_options"] = shipping_option_entries(options.rates)
     state.sessions[session_id] = session
     state.line_items[session_id] = lines
+    state.tax_codes[session_id] = tax_codes
+    # The first shipping option is preselected; tax waits for the customer's address.
+    first_rate = options.rates[0] if options.rates else None
+    price_session(state, session, rate=first_rate, coupon=options.coupon, tax_basis_points=None)
     return _Result(200, state.expand(session, p.get("expand")))
 
 
@@ -197,39 +222,7 @@ LIST_PARAMS = frozenset(
     """created customer customer_account customer_details ending_before expand limit
     payment_intent payment_link starting_after status subscription""".split()
 )
-CREATED_FILTERS = frozenset({"gt", "gte", "lt", "lte"})
 LIST_STATUSES = ("open", "complete", "expired")
-
-
-def _created_filter(raw: object) -> dict[str, int]:
-    """``created`` is a timestamp or a range (``created[gte]=...``), as on every Stripe list."""
-    if not isinstance(raw, dict):
-        return {"eq": _int_param(raw, "created", minimum=0)}
-    _check_unknown(raw, CREATED_FILTERS, "created")
-    return {op: _int_param(value, f"created[{op}]", minimum=0) for op, value in raw.items()}
-
-
-def _in_range(created: int, bounds: dict[str, int]) -> bool:
-    checks = {
-        "eq": created == bounds.get("eq", created),
-        "gt": created > bounds.get("gt", created - 1),
-        "gte": created >= bounds.get("gte", created),
-        "lt": created < bounds.get("lt", created + 1),
-        "lte": created <= bounds.get("lte", created),
-    }
-    return all(checks.values())
-
-
-def _item_expansions(raw: object) -> list[str] | None:
-    """On a list, ``expand[]=data.payment_intent`` expands each item's ``payment_intent``."""
-    if raw in (None, ""):
-        return None
-    expansions: list[str] = []
-    for path in raw if isinstance(raw, list) else [raw]:
-        if not isinstance(path, str) or not path.startswith("data."):
-            raise _invalid(f"This property cannot be expanded ({path}).", "expand")
-        expansions.append(path.removeprefix("data."))
-    return expansions
 
 
 async def list_sessions(state: EmulatorState, call: _Call) -> _Result:
@@ -246,49 +239,18 @@ async def list_sessions(state: EmulatorState, call: _Call) -> _Result:
     )
     if unsupported:
         raise _invalid(f"The emulator does not filter by {unsupported[0]}.", unsupported[0])
-    limit = _int_param(p.get("limit", 10), "limit", minimum=1)
-    if limit > 100:
-        raise _invalid("This value must be less than or equal to 100.", "limit")
-    if "starting_after" in p and "ending_before" in p:
-        raise _invalid(
-            "You may only specify one of these parameters: ending_before, starting_after."
-        )
     status = p.get("status")
     if status is not None and status not in LIST_STATUSES:
         raise _invalid(f"Invalid status: must be one of {', '.join(LIST_STATUSES)}", "status")
-    bounds = _created_filter(p["created"]) if "created" in p else {}
-    expand = _item_expansions(p.get("expand"))
-    newest_first = list(reversed(state.sessions.values()))
-    matching = [
-        s
-        for s in newest_first
-        if _in_range(s["created"], bounds) and (status is None or s["status"] == status)
-    ]
-    if "starting_after" in p:
-        cursor = state.get(
-            state.sessions, "checkout.session", str(p["starting_after"]), "starting_after"
-        )
-        at = matching.index(cursor) + 1 if cursor in matching else len(matching)
-        page = matching[at : at + limit]
-        has_more = len(matching) > at + limit
-    elif "ending_before" in p:
-        cursor = state.get(
-            state.sessions, "checkout.session", str(p["ending_before"]), "ending_before"
-        )
-        at = matching.index(cursor) if cursor in matching else 0
-        page = matching[max(0, at - limit) : at]
-        has_more = at - limit > 0
-    else:
-        page, has_more = matching[:limit], len(matching) > limit
-    return _Result(
-        200,
-        {
-            "object": "list",
-            "data": [state.expand(s, expand) for s in page],
-            "has_more": has_more,
-            "url": "/v1/checkout/sessions",
-        },
+    page = list_page(
+        state,
+        p,
+        state.sessions,
+        "checkout.session",
+        "/v1/checkout/sessions",
+        lambda s: status is None or s["status"] == status,
     )
+    return _Result(200, page)
 
 
 def _mark_expired(session: JsonDict) -> None:

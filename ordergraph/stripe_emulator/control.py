@@ -1,9 +1,10 @@
 """The emulator's own controls under ``/_emulator/...``: act as the customer, inspect, reset.
 
 Not part of Stripe's API: they let a test or the demo, in another process,
-do what in-process tests call on ``StripeEmulator`` (complete a session,
-dispute a payment, inject faults, point the webhook elsewhere) and read what
-the emulator received. Errors are plain JSON with the HTTP status of
+do what in-process tests call on ``StripeEmulator`` (complete a session, with
+the shopper's shipping option, promotion code and tax country; dispute a
+payment; inject faults; point the webhook elsewhere; set the automatic-tax
+rates) and read what the emulator received. Errors are plain JSON with the HTTP status of
 ``EmulatorError``.
 """
 
@@ -52,6 +53,7 @@ class EmulatorControls:
             Route("/_emulator/requests", self.requests, methods=["GET"]),
             Route("/_emulator/events", self.events, methods=["GET"]),
             Route("/_emulator/webhook", self.webhook, methods=["GET", "PUT"]),
+            Route("/_emulator/tax_rates", self.tax_rates, methods=["GET", "PUT"]),
         ]
 
     async def _json_body(self, request: Request) -> JsonDict:
@@ -94,7 +96,16 @@ class EmulatorControls:
 
         async def act() -> Delivery:
             body = await self._json_body(request)
-            allowed = {"payment_status", "shipping", "customer_email", "amount_total", "metadata"}
+            allowed = {
+                "payment_status",
+                "shipping",
+                "customer_email",
+                "amount_total",
+                "metadata",
+                "shipping_rate",
+                "promotion_code",
+                "country",
+            }
             unknown = set(body) - allowed
             if unknown:
                 raise EmulatorError(f"unknown fields: {sorted(unknown)}")
@@ -167,5 +178,16 @@ class EmulatorControls:
                 if "secret" in body:
                     self.state.webhook_secret = body["secret"] or None
             return {"url": self.state.webhook_url, "secret": self.state.webhook_secret}
+
+        return await self._control(act)
+
+    async def tax_rates(self, request: Request) -> Response:
+        """``GET``: the automatic-tax table; ``PUT`` a JSON object ``{"DE": 1900, ...}``
+        (country code to basis points) replaces it."""
+
+        async def act() -> JsonDict:
+            if request.method == "PUT":
+                self.state.set_tax_rates(await self._json_body(request))
+            return dict(self.state.tax_rates)
 
         return await self._control(act)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ordergraph.stripe_emulator.errors import _invalid
@@ -80,6 +81,79 @@ def _str_param(value: Any, param: str) -> str:
     if not isinstance(value, str):
         raise _invalid(f"Invalid string: {value!r}", param)
     return value
+
+
+def _bool_param(value: Any, param: str) -> bool:
+    """The SDK sends booleans as ``true``/``false``; anything else is an ``Invalid boolean``."""
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return bool(value == "true")
+    raise _invalid(f"Invalid boolean: {value}", param)
+
+
+def _decimal_param(value: Any, param: str) -> Decimal:
+    """A decimal such as ``percent_off=25.5``, kept exact."""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise _invalid(f"Invalid decimal: {value}", param)
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise _invalid(f"Invalid decimal: {value}", param) from None
+    if not number.is_finite():
+        raise _invalid(f"Invalid decimal: {value}", param)
+    return number
+
+
+def _currency_param(value: Any, param: str) -> str:
+    """A three-letter currency code, lower-cased as Stripe answers it."""
+    if value in (None, ""):
+        raise _invalid(f"Missing required param: {param}.", param, "parameter_missing")
+    currency = _str_param(value, param).lower()
+    if not re.fullmatch(r"[a-z]{3}", currency):
+        raise _invalid(f"Invalid currency: {currency}", param)
+    return currency
+
+
+def _enum_param(value: Any, param: str, allowed: tuple[str, ...]) -> str:
+    """A string from a fixed set, refused with Stripe's ``must be one of`` message."""
+    if value not in allowed:
+        head, last = allowed[:-1], allowed[-1]
+        choices = f"{', '.join(head)}{',' if len(head) > 1 else ''} or {last}" if head else last
+        raise _invalid(
+            f"Invalid {param.rpartition('[')[2].rstrip(']')}: must be one of {choices}",
+            param,
+            "parameter_invalid_string" if isinstance(value, str) else None,
+        )
+    return str(value)
+
+
+def _metadata_param(value: Any, param: str = "metadata") -> dict[str, str]:
+    """``metadata`` on create: a hash of strings (empty values dropped, as Stripe does)."""
+    raw = _dict_param(value, param)
+    out: dict[str, str] = {}
+    for key, item in raw.items():
+        if isinstance(item, (dict, list)):
+            raise _invalid(f"Invalid string: {param}[{key}] must be a string", f"{param}[{key}]")
+        if item != "":
+            out[str(key)] = str(item)
+    return out
+
+
+def _metadata_update(current: dict[str, str], value: Any, param: str = "metadata") -> JsonDict:
+    """``metadata`` on update: keys are merged, an empty value unsets a key, ``metadata=`` all."""
+    if value == "":
+        return {}
+    raw = _dict_param(value, param)
+    merged = dict(current)
+    for key, item in raw.items():
+        if isinstance(item, (dict, list)):
+            raise _invalid(f"Invalid string: {param}[{key}] must be a string", f"{param}[{key}]")
+        if item == "":
+            merged.pop(str(key), None)
+        else:
+            merged[str(key)] = str(item)
+    return merged
 
 
 def _dict_param(value: Any, param: str) -> JsonDict:

@@ -65,7 +65,8 @@ class StripeEmulator:
 
     ``app`` is the Starlette ASGI app. Everything is kept on the instance
     (``sessions``, ``payment_intents``, ``charges``, ``refunds``, ``disputes``,
-    ``events``, ``deliveries``, ``requests``) so in-process tests can look inside.
+    ``coupons``, ``promotion_codes``, ``shipping_rates``, ``events``, ``deliveries``,
+    ``requests``) so in-process tests can look inside.
     If no ``webhook_secret`` is given one is generated (``whsec_...``), as
     ``stripe listen`` does; read it from ``webhook_secret``.
     """
@@ -79,6 +80,8 @@ class StripeEmulator:
     # Deliver the events Stripe sends after API calls (refund, expire).
     send_api_events: _OnState[bool] = _OnState()
     webhook_timeout: _OnState[float] = _OnState()
+    # Automatic tax by customer country, in basis points (configuration: kept by reset).
+    tax_rates: _OnState[dict[str, int]] = _OnState()
 
     requests: _OnState[list[RecordedRequest]] = _OnState()
     sessions: _OnState[dict[str, JsonDict]] = _OnState()
@@ -89,6 +92,9 @@ class StripeEmulator:
     disputes: _OnState[dict[str, JsonDict]] = _OnState()
     events: _OnState[list[JsonDict]] = _OnState()
     deliveries: _OnState[list[Delivery]] = _OnState()
+    coupons: _OnState[dict[str, JsonDict]] = _OnState()
+    promotion_codes: _OnState[dict[str, JsonDict]] = _OnState()
+    shipping_rates: _OnState[dict[str, JsonDict]] = _OnState()
 
     def __init__(
         self,
@@ -123,6 +129,14 @@ class StripeEmulator:
         """
         self.state.inject_fault(mode, count, delay=delay)
 
+    def set_tax_rates(self, rates: dict[str, int]) -> None:
+        """Replace the automatic-tax table: ``{"DE": 1900}`` taxes German customers at 19 %.
+
+        Countries not in the table are taxed at 0. The table is configuration, kept by
+        :meth:`reset`; the default is ``DEFAULT_TAX_RATES``.
+        """
+        self.state.set_tax_rates(rates)
+
     async def drain(self) -> None:
         """Wait until the background deliveries (after refunds, API expiries) are done."""
         await self.state.drain()
@@ -139,6 +153,9 @@ class StripeEmulator:
         amount_total: int | None = None,
         metadata: JsonDict | None = None,
         deliver: bool = True,
+        shipping_rate: str | None = None,
+        promotion_code: str | None = None,
+        country: str | None = None,
     ) -> Delivery:
         """The customer pays: the session completes and ``checkout.session.completed`` is sent.
 
@@ -147,6 +164,11 @@ class StripeEmulator:
         ``amount_total`` and ``metadata`` (merged into the session's) let tests forge
         what a tampered or mismatched session would carry. The shipping address is
         ``shipping`` or, when the session collects one, a default US address.
+        ``shipping_rate``: the ``shr_...`` of the option the customer picked (default the
+        first). ``promotion_code``: the code the customer typed, on a session with
+        ``allow_promotion_codes``; an unknown, inactive, expired or used-up code raises
+        ``EmulatorError`` (400) with Checkout's message, a good one counts a redemption.
+        ``country``: the tax country for automatic tax (default the shipping address's).
         With ``deliver=False`` the event is built but not sent (status_code 0).
         """
         return await complete_session(
@@ -158,6 +180,9 @@ class StripeEmulator:
             amount_total=amount_total,
             metadata=metadata,
             deliver=deliver,
+            shipping_rate=shipping_rate,
+            promotion_code=promotion_code,
+            country=country,
         )
 
     async def async_payment_succeeded(self, session_id: str) -> Delivery:

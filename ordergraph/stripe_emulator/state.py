@@ -25,6 +25,8 @@ from ordergraph.stripe_emulator.types import After, JsonDict
 DEFAULT_API_VERSION = "2026-10-28.endive"
 FAULT_MODES = ("error500", "delay", "drop")
 ADDRESS_KEYS = ("city", "country", "line1", "line2", "postal_code", "state")
+# Automatic tax, per country of the customer, in basis points (1900 = 19 %).
+DEFAULT_TAX_RATES: dict[str, int] = {"US": 0, "DE": 1900, "FR": 2000, "GB": 2000}
 
 
 # --------------------------------------------------------------------------- records
@@ -151,6 +153,11 @@ class EmulatorState:
     in_flight: set[tuple[str, str]]
     # What each session's payment_intent_data asked for, applied when a PI is made.
     pi_data: dict[str, JsonDict]
+    coupons: dict[str, JsonDict]
+    promotion_codes: dict[str, JsonDict]
+    shipping_rates: dict[str, JsonDict]
+    # Each session's line items' product tax codes (None where not given), for automatic tax.
+    tax_codes: dict[str, list[str | None]]
 
     def __init__(
         self, *, webhook_url: str | None, webhook_secret: str | None, api_version: str
@@ -164,6 +171,8 @@ class EmulatorState:
         # Deliver the events Stripe sends after API calls (refund, expire).
         self.send_api_events = True
         self.webhook_timeout = 10.0
+        # Configuration like the webhook: kept by reset().
+        self.tax_rates: dict[str, int] = dict(DEFAULT_TAX_RATES)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.generation = 0
         self.clear()
@@ -182,6 +191,10 @@ class EmulatorState:
         self.idempotency = {}
         self.in_flight = set()
         self.pi_data = {}
+        self.coupons = {}
+        self.promotion_codes = {}
+        self.shipping_rates = {}
+        self.tax_codes = {}
 
     def reset(self) -> None:
         for task in self.tasks:
@@ -189,6 +202,19 @@ class EmulatorState:
         self.tasks.clear()
         self.generation += 1
         self.clear()
+
+    def set_tax_rates(self, rates: dict[str, int]) -> None:
+        """Replace the automatic-tax table: two-letter country code to basis points."""
+        if not isinstance(rates, dict):
+            raise TypeError("tax rates must be a mapping of country code to basis points")
+        table: dict[str, int] = {}
+        for country, bp in rates.items():
+            if not isinstance(country, str) or len(country) != 2 or not country.isalpha():
+                raise ValueError(f"tax rates: {country!r} is not a two-letter country code")
+            if not isinstance(bp, int) or isinstance(bp, bool) or not 0 <= bp <= 10000:
+                raise ValueError(f"tax rates: {country} must be basis points from 0 to 10000")
+            table[country.upper()] = bp
+        self.tax_rates = table
 
     def inject_fault(self, mode: str, count: int = 1, *, delay: float = 0.0) -> None:
         if mode not in FAULT_MODES:

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ordergraph.stripe_emulator import StripeEmulator
+from ordergraph.stripe_emulator import DEFAULT_TAX_RATES, StripeEmulator
 
 SECRET = "whsec_test_emulator_secret"
 KEY = "sk_test_emulator_key_1234"
@@ -113,6 +113,7 @@ async def emu_env(emu_servers: EmuEnv) -> AsyncIterator[EmuEnv]:
     env.emu.reset()
     env.emu.webhook_url = env.receiver.url
     env.emu.webhook_secret = SECRET
+    env.emu.set_tax_rates(DEFAULT_TAX_RATES)  # configuration: reset() keeps it
     env.receiver.events.clear()
     env.receiver.rejected.clear()
     env.receiver.answer_status = 200

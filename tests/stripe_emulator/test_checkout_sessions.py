@@ -105,3 +105,25 @@ async def test_retrieve_expire_and_expire_twice(emu_env: EmuEnv, emu_stripe: Any
     [event] = emu_env.receiver.of_type("checkout.session.expired")
     assert event["data"]["object"]["id"] == session.id
     assert event["request"]["idempotency_key"] is not None
+
+
+async def test_list_sessions_pages_and_filters(emu_stripe: Any) -> None:
+    sessions = emu_stripe.v1.checkout.sessions
+    first, second, third = [await create_session(emu_stripe) for _ in range(3)]
+    await sessions.expire_async(second.id)
+    page = await sessions.list_async(params={"limit": 2})
+    assert [s.id for s in page.data] == [third.id, second.id] and page.has_more is True
+    rest = await sessions.list_async(params={"limit": 2, "starting_after": second.id})
+    assert [s.id for s in rest.data] == [first.id] and rest.has_more is False
+    before = await sessions.list_async(params={"ending_before": first.id, "limit": 1})
+    assert [s.id for s in before.data] == [second.id] and before.has_more is True
+    expired = await sessions.list_async(params={"status": "expired"})
+    assert [s.id for s in expired.data] == [second.id]
+    later = await sessions.list_async(params={"created": {"gt": first.created + 3600}})
+    assert later.data == []
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        await sessions.list_async(params={"limit": 101})
+    assert info.value.param == "limit"
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        await sessions.list_async(params={"customer": "cus_1"})
+    assert "does not filter by customer" in str(info.value.user_message)
