@@ -317,16 +317,19 @@ class StripeGateway:
         return session_from_stripe(session)
 
     async def list_checkout_sessions(self, created_since: datetime) -> list[CheckoutSession]:
-        """Every Checkout Session created since then, newest first, all pages."""
-
-        async def every_page() -> list[CheckoutSession]:
-            page = await self.client.v1.checkout.sessions.list_async(
-                params={"created": {"gte": int(created_since.timestamp())}, "limit": 100}
+        """Every Checkout Session created since then, newest first: page by page, each page
+        a call of its own (with its own deadline)."""
+        params: dict[str, Any] = {"created": {"gte": int(created_since.timestamp())}, "limit": 100}
+        sessions: list[CheckoutSession] = []
+        while True:
+            page = await self._call(
+                "checkout session list",
+                self.client.v1.checkout.sessions.list_async(params=params),  # type: ignore[arg-type]
             )
-            return [session_from_stripe(s) async for s in page.auto_paging_iter()]
-
-        sessions: list[CheckoutSession] = await self._call("checkout session list", every_page())
-        return sessions
+            sessions += [session_from_stripe(s) for s in page.data]
+            if not page.has_more or not page.data:
+                return sessions
+            params = {**params, "starting_after": page.data[-1].id}
 
     async def retrieve_payment_intent(self, payment_intent_id: str) -> PaymentRecord:
         """Its `status` (`succeeded`, `processing`, `requires_payment_method` when the last

@@ -107,6 +107,7 @@ async def place_order(
     """
     async with transaction() as connection:
         await lock_shopper(connection, user_id)
+        await check_rate(user_id, settings)
         # Claiming the cart by deleting it: a second, concurrent checkout of the same cart
         # waits for these rows, then finds none. A rollback puts them back.
         cart = await fetch(
@@ -207,7 +208,8 @@ def session_request(
 
 async def check_rate(user_id: str, settings: Settings) -> None:
     """A few checkouts a minute per shopper, so that a script cannot hold the whole stock in
-    unpaid orders. Counted from the orders table, so it holds across processes; 0 disables."""
+    unpaid orders. Counted from the orders table under the shopper's lock (`place_order`),
+    so it holds across processes and concurrent requests; 0 disables."""
     limit = settings.checkout_rate_per_minute
     if limit <= 0:
         return
@@ -240,7 +242,6 @@ async def checkout(
 async def _checkout(
     user_id: str, email: str | None, settings: Settings, gateway: StripeGateway
 ) -> CheckoutResult:
-    await check_rate(user_id, settings)
     order, items = await place_order(user_id, settings, email=email)
     logs.bind_order(str(order.id))
     request = session_request(order, items, settings)

@@ -51,13 +51,11 @@ async def _expire_session(order: Order, services: PaymentServices) -> str:
     return session.status or "unknown"
 
 
-async def _cancel(order_id: str, *, reason: str, actor: str) -> Order | None:
+async def _cancel(order_id: str, *, reason: str, actor: str) -> bool:
+    """Cancel the order if it is still unpaid and pending; whether this call cancelled it."""
     async with transaction():
         order = await lock_order(order_id)
-        if order is None:
-            return None
-        await cancel_pending(order, reason=reason, actor=actor)
-        return order
+        return order is not None and await cancel_pending(order, reason=reason, actor=actor)
 
 
 async def cancel_order(order_id: str, *, user_id: str, services: PaymentServices) -> Order:
@@ -86,16 +84,14 @@ async def cancel_order(order_id: str, *, user_id: str, services: PaymentServices
             raise BusinessError.of(
                 ErrorCode.ORDER_LOCKED, "The order was paid and cannot be cancelled"
             )
-    cancelled = await _cancel(order_id, reason="cancelled by shopper", actor=f"user:{user_id}")
-    assert cancelled is not None
-    return cancelled
+    await _cancel(order_id, reason="cancelled by shopper", actor=f"user:{user_id}")
+    return await Order.get(id=order_id)
 
 
 async def _settle_missing(order: Order) -> Outcome:
     """Stripe does not know the order's session: nobody can pay it, so the order is cancelled
     and its stock released (a definite answer, not an outage)."""
-    cancelled = await _cancel(str(order.id), reason="session unknown at Stripe", actor="sweeper")
-    if cancelled is None or cancelled.status != OrderStatus.CANCELLED:
+    if not await _cancel(str(order.id), reason="session unknown at Stripe", actor="sweeper"):
         return Outcome.UNCHANGED
     await record_discrepancy(
         Discrepancy.UNKNOWN_AT_STRIPE,
@@ -158,6 +154,8 @@ async def reconcile_overdue(order: Order, services: PaymentServices) -> Outcome:
         if synced == Outcome.REFUSED:
             return synced
         await order.refresh_from_db()
+        if order.status != OrderStatus.PENDING_PAYMENT:  # settled, by this sync or meanwhile
+            return synced if synced == Outcome.APPLIED else Outcome.UNCHANGED
         if order.payment_status == PaymentStatus.PROCESSING:  # perhaps since this very sync
             failed = await _settle_processing(order, services)
             return Outcome.APPLIED if Outcome.APPLIED in (synced, failed) else Outcome.UNCHANGED
@@ -172,11 +170,7 @@ async def reconcile_overdue(order: Order, services: PaymentServices) -> Outcome:
     if ended == "complete":
         return await sync_checkout(order, actor="sweeper", services=services)
     cancelled = await _cancel(str(order.id), reason="expired", actor="sweeper")
-    return (
-        Outcome.APPLIED
-        if cancelled and cancelled.status == OrderStatus.CANCELLED
-        else Outcome.UNCHANGED
-    )
+    return Outcome.APPLIED if cancelled else Outcome.UNCHANGED
 
 
 def _unsettled(now: datetime, settings: Settings) -> Q:
@@ -208,7 +202,7 @@ async def _claim(order: Order, now: datetime) -> bool:
     lease = CLAIM_PROCESSING if order.payment_status == PaymentStatus.PROCESSING else CLAIM
     claimed = await Order.filter(
         Q(next_check_at__isnull=True) | Q(next_check_at__lte=now), id=order.id
-    ).update(next_check_at=now + lease)
+    ).update(next_check_at=datetime.now(UTC) + lease)  # from now: a pass may be slow
     return claimed == 1
 
 

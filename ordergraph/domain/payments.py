@@ -119,6 +119,26 @@ def _reject(session: CheckoutSession, order: Order, problem: str) -> NoReturn:
     raise Discard(Outcome.REJECTED)
 
 
+async def _give_back(
+    session: CheckoutSession, amount: int, *, key: str, why: str, services: PaymentServices
+) -> None:
+    """Refund a session's payment at Stripe, once whatever the retries (`key`).
+
+    Called inside the event's transaction, with the order locked, for at most the gateway's
+    deadline: the refund and the order's change then commit or retry together, and Stripe's
+    idempotency makes the retry refund nothing twice. A failure rolls the event back for
+    Stripe (or the sweeper) to bring again.
+    """
+    if not session.payment_intent_id:
+        raise RetryLater(f"the payment of session {session.id} has no payment intent yet")
+    try:
+        await services.gateway.create_refund(
+            session.payment_intent_id, amount, idempotency_key=key, reason=why
+        )
+    except PaymentProviderError as exc:
+        raise RetryLater(f"refund of session {session.id} ({why}) failed") from exc
+
+
 async def refuse_payment(
     order: Order, session: CheckoutSession, problem: str, *, actor: str, services: PaymentServices
 ) -> Outcome:
@@ -132,17 +152,13 @@ async def refuse_payment(
         "refused payment of session %s for order %s: %s", session.id, order.id, problem
     )
     amount = session.amount_total or 0
-    if not session.payment_intent_id:
-        raise RetryLater(f"refused payment of session {session.id} has no payment intent yet")
-    try:
-        await services.gateway.create_refund(
-            session.payment_intent_id,
-            amount,
-            idempotency_key=f"refused-payment-refund-{session.id}",
-            reason=f"payment refused: {problem}",
-        )
-    except PaymentProviderError as exc:
-        raise RetryLater(f"refund of refused payment {session.id} failed") from exc
+    await _give_back(
+        session,
+        amount,
+        key=f"refused-payment-refund-{session.id}",
+        why=f"payment refused: {problem}",
+        services=services,
+    )
     action = f"refunded {amount} {session.currency or ''}".strip()
     own = order.stripe_checkout_session_id in (None, session.id)
     if own and order.status == OrderStatus.PENDING_PAYMENT:
@@ -270,18 +286,14 @@ async def _refund_late_payment(
     order: Order, session: CheckoutSession, *, actor: str, services: PaymentServices
 ) -> None:
     """Money arrived for an order whose stock is gone: give it straight back, and say why."""
-    if not session.payment_intent_id:
-        raise RetryLater(f"late payment for order {order.id} has no payment intent yet")
     reason = "Your payment arrived after the order had expired and the items sold out."
-    try:
-        await services.gateway.create_refund(
-            session.payment_intent_id,
-            order.total,
-            idempotency_key=f"late-payment-refund-{order.id}",
-            reason="late payment, out of stock",
-        )
-    except PaymentProviderError as exc:
-        raise RetryLater(f"refund of late payment for order {order.id} failed") from exc
+    await _give_back(
+        session,
+        order.total,
+        key=f"late-payment-refund-{order.id}",
+        why="late payment, out of stock",
+        services=services,
+    )
     await change_order(
         order,
         payment_status=PaymentStatus.REFUNDED,
@@ -387,8 +399,18 @@ async def sync_checkout(order: Order, *, actor: str, services: PaymentServices) 
     if not order.stripe_checkout_session_id:
         return Outcome.UNCHANGED
     session = await services.gateway.retrieve_checkout_session(order.stripe_checkout_session_id)
+    return await settle_session(session, actor=actor, services=services)
+
+
+async def settle_session(
+    session: CheckoutSession, *, actor: str, services: PaymentServices
+) -> Outcome:
+    """Apply what Stripe says of a session, in a transaction of its own, outside a webhook:
+    a refund that Stripe could not make now is a provider error for the caller to retry."""
     try:
         async with transaction():
             return await confirm_checkout(session, actor=actor, services=services)
     except Discard as discard:
         return discard.outcome
+    except RetryLater as exc:
+        raise PaymentProviderError(str(exc), uncertain=True) from exc

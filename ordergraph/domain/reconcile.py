@@ -14,11 +14,10 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ordergraph.db import transaction
 from ordergraph.domain.discrepancies import LEFT_FOR_STAFF, Discrepancy, record_discrepancy
 from ordergraph.domain.expiry import sweep_overdue_orders
-from ordergraph.domain.payments import Outcome, PaymentServices, confirm_checkout, uuid_or_none
-from ordergraph.models import Order, PaymentDiscrepancy
+from ordergraph.domain.payments import Outcome, PaymentServices, settle_session, uuid_or_none
+from ordergraph.models import Order, PaymentStatus
 from ordergraph.stripe_gateway import CheckoutSession, PaymentProviderError
 
 log = logging.getLogger(__name__)
@@ -82,15 +81,16 @@ async def _paid_at_stripe(
         return
     own = order.stripe_checkout_session_id in (None, session.id)
     if order.paid_at is None or not own:  # not recorded, or a second payment for the order
-        async with transaction():
-            outcome = await confirm_checkout(session, actor=ACTOR, services=services)
+        outcome = await settle_session(session, actor=ACTOR, services=services)
         if outcome == Outcome.APPLIED:
+            await order.refresh_from_db()
+            confirmed = order.payment_status == PaymentStatus.PAID
             await _found(
                 report,
                 Finding(
                     Discrepancy.PAID_NOT_RECORDED,
                     f"session {session.id} was paid at Stripe; the order did not know",
-                    "payment confirmed",
+                    "payment confirmed" if confirmed else f"payment {order.payment_status.value}",
                     str(order.id),
                     session.id,
                 ),
@@ -189,7 +189,3 @@ async def reconcile(services: PaymentServices, *, since: datetime) -> Report:
     for order in paid:
         await _paid_here(report, order, sessions, services)
     return report
-
-
-async def open_discrepancies() -> int:
-    return await PaymentDiscrepancy.filter(resolved_at__isnull=True).count()

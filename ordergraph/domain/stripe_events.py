@@ -8,6 +8,7 @@ order; one that depends on another not yet seen (a refund before the payment) ra
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,8 @@ from ordergraph.stripe_gateway import (
     payment_record_from_stripe,
     session_from_stripe,
 )
+
+log = logging.getLogger(__name__)
 
 
 async def _on_session_completed(
@@ -85,9 +88,22 @@ async def _order_of_payment(record: PaymentRecord, services: PaymentServices) ->
         order = await Order.filter(id=order_id).first()
         if order is None:
             raise Discard(Outcome.IGNORED)
+        if order.stripe_payment_intent_id not in (None, record.payment_intent_id):
+            # The order was paid by another payment: this one (a second session, refused and
+            # refunded) is not the order's, and must not refund or dispute it.
+            log.warning(
+                "%s concerns payment %s, not order %s's own payment",
+                record.id,
+                record.payment_intent_id,
+                order.id,
+            )
+            raise Discard(Outcome.IGNORED)
     locked = await lock_order(str(order.id))
     assert locked is not None
     if locked.paid_at is None:
+        if locked.status != OrderStatus.PENDING_PAYMENT:
+            # Settled without this payment (refused and refunded, or failed): nothing to apply.
+            raise Discard(Outcome.IGNORED)
         raise RetryLater(f"payment of order {order.id} is not recorded yet")
     return locked
 
@@ -127,11 +143,14 @@ async def _on_dispute_created(
 async def _on_dispute_closed(obj: dict[str, Any], actor: str, services: PaymentServices) -> Outcome:
     dispute = payment_record_from_stripe(obj)
     order = await _order_of_payment(dispute, services)
-    if order.payment_status != PaymentStatus.DISPUTED:
+    if order.payment_status == PaymentStatus.PAID:
         raise RetryLater(f"dispute {dispute.id} closed before it was seen opening")
+    if order.payment_status == PaymentStatus.REFUNDED:
+        return Outcome.UNCHANGED  # nothing left to lose
     # Only a lost dispute takes the money: won, warning_closed (an inquiry) and prevented
     # leave it with the shop.
     lost = dispute.status == "lost"
+    kept = PaymentStatus.PARTIALLY_REFUNDED if order.amount_refunded else PaymentStatus.PAID
     # Lost: the whole charge went back, as a full refund does, so the order ends REFUNDED like
     # one (releasing its stock if it was not shipped yet); see order_state, "no fulfilment
     # without money".
@@ -139,7 +158,7 @@ async def _on_dispute_closed(obj: dict[str, Any], actor: str, services: PaymentS
     await change_order(
         order,
         status=OrderStatus.REFUNDED if gone else None,
-        payment_status=PaymentStatus.REFUNDED if lost else PaymentStatus.PAID,
+        payment_status=PaymentStatus.REFUNDED if lost else kept,
         reason=f"dispute {dispute.status or 'closed'}",
         actor=actor,
         fields={"amount_refunded": order.total} if lost else {},

@@ -30,12 +30,11 @@ class Sweeper:
         next_reconcile = time.monotonic() + settings.reconcile_interval_seconds
         while not self._stop.is_set():
             try:
-                settled = await sweep_overdue_orders(self.services)
-                if settled:
-                    log.info("sweeper settled %d overdue orders", settled)
                 if settings.reconcile_interval_seconds and time.monotonic() >= next_reconcile:
                     next_reconcile = time.monotonic() + settings.reconcile_interval_seconds
-                    await self._reconcile()
+                    await self._reconcile()  # which sweeps first
+                elif settled := await sweep_overdue_orders(self.services):
+                    log.info("sweeper settled %d overdue orders", settled)
             except Exception:
                 log.exception("sweeper pass failed; trying next round")
             try:

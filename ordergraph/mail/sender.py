@@ -128,7 +128,9 @@ class MailSender:
         rather than try every other due mail against it."""
         attempts = row.attempts + 1
         try:
-            await self.deliver(row)
+            # Within the claim's lease, whatever the SMTP server's pace step by step.
+            async with asyncio.timeout(2 * self.settings.mail_send_timeout_seconds):
+                await self.deliver(row)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:2000]
             if attempts >= MAX_ATTEMPTS or is_permanent(exc):
@@ -145,7 +147,7 @@ class MailSender:
                     "mail %s to %s failed (try %d): %s", row.id, row.recipient, attempts, error
                 )
                 status = OutboxStatus.PENDING
-            await OutboxEmail.filter(id=row.id).update(
+            await OutboxEmail.filter(id=row.id, status=OutboxStatus.SENDING).update(
                 status=status,
                 attempts=attempts,
                 last_error=error,
@@ -154,7 +156,7 @@ class MailSender:
             )
             metrics.EMAILS.labels("dead" if status == OutboxStatus.DEAD else "retried").inc()
             return status == OutboxStatus.DEAD
-        await OutboxEmail.filter(id=row.id).update(
+        await OutboxEmail.filter(id=row.id, status=OutboxStatus.SENDING).update(
             status=OutboxStatus.SENT,
             attempts=attempts,
             sent_at=datetime.now(UTC),

@@ -8,6 +8,8 @@ made to Stripe and the mail sent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +18,7 @@ import stripe
 
 from ordergraph.domain.checkout import place_order, session_request
 from ordergraph.domain.expiry import sweep_overdue_orders
+from ordergraph.domain.sweeper import Sweeper
 from ordergraph.models import CartItem, Order, OrderItem, PaymentDiscrepancy, Product
 from tests.conftest import Harness, Mailbox
 from tests.utils.helpers import (
@@ -25,6 +28,7 @@ from tests.utils.helpers import (
     run_ordergraph,
     stock_of,
 )
+from tests.utils.live import eventually
 
 CANCEL = "mutation($id: ID!) { cancelOrder(orderId: $id) { order { status paymentStatus } userErrors { code message } } }"  # noqa: E501
 
@@ -43,6 +47,15 @@ async def _overdue(order_id: str) -> None:
 
 def _refunds(app: Harness) -> list[tuple[str, int]]:
     return sorted((r["payment_intent"], r["amount"]) for r in app.emulator.refunds.values())
+
+
+def _answers(app: Harness, kind: str) -> list[tuple[int, str]]:
+    """How the service answered each delivery of events of that kind."""
+    return [
+        (d.status_code, json.loads(d.body).get("outcome", d.body) if d.status_code == 200 else "")
+        for d in app.emulator.deliveries
+        if d.event["type"] == kind
+    ]
 
 
 def _calls(app: Harness, method: str, path: str) -> int:
@@ -84,6 +97,9 @@ async def test_a_refused_payment_is_refunded_and_the_order_released(
     assert action.startswith("refunded 100 USD")
     [mail] = await mailbox.wait_for(1)
     assert "refund" in mail["Subject"].lower()
+    # Stripe then tells of its refund (charge.refunded): acknowledged, nothing more to do.
+    await app.emulator.drain()
+    assert _answers(app, "charge.refunded") == [(200, "ignored")]
 
     # Stripe delivers again; the sweeper passes by: nothing is refunded or released twice.
     again = await app.emulator.deliver(delivery.event)
@@ -420,6 +436,34 @@ async def test_reconcile_refunds_a_second_payment_for_a_paid_order(app: Harness)
         assert f"REFUSED_PAYMENT\t{order_id}\t{second.id}" in stdout
 
     assert _refunds(app) == [(app.emulator.sessions[second.id]["payment_intent"], 2500)]
+    # Stripe's charge.refunded of that second payment must not refund the order itself.
+    await app.emulator.drain()
+    assert _answers(app, "charge.refunded") == [(200, "ignored")]
     assert await _state(order_id) == ("payment_confirmed", "paid")
+    assert (await Order.get(id=order_id)).amount_refunded == 0
     assert await stock_of(product) == 9
     assert [k for k, *_ in await _discrepancies()] == ["REFUSED_PAYMENT"]
+
+
+async def test_the_sweeper_reconciles_on_its_slower_cadence(app: Harness) -> None:
+    """A payment whose webhook was lost, on an order not yet overdue: a plain sweep leaves it,
+    the sweeper's reconciliation (every RECONCILE_INTERVAL_SECONDS) confirms it."""
+    _, order_id, session_id = await _placed(app)
+    await app.emulator.complete_session(session_id, deliver=False)
+    settings = dataclasses.replace(
+        app.settings, sweep_interval_seconds=1, reconcile_interval_seconds=1
+    )
+    services = dataclasses.replace(app.asgi.state.services, settings=settings)
+    assert await sweep_overdue_orders(services) == 0
+    sweeper = Sweeper(services)
+    running = asyncio.create_task(sweeper.run())
+    try:
+
+        async def confirmed() -> bool:
+            return await _state(order_id) == ("payment_confirmed", "paid")
+
+        assert await eventually(confirmed, timeout=10)
+    finally:
+        sweeper.stop()
+        await running
+    assert [k for k, *_ in await _discrepancies()] == ["PAID_NOT_RECORDED"]
