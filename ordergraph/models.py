@@ -64,6 +64,8 @@ class Product(Model):
     price = fields.BigIntField()
     stock = fields.IntField(default=0)
     active = fields.BooleanField(default=True)
+    # Stripe Tax's product tax code (txcd_...), sent per line when AUTOMATIC_TAX is on.
+    tax_code = fields.CharField(max_length=32, null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
 
@@ -107,8 +109,18 @@ class Order(Model):
     # older state from a newer one whatever order the notifications arrive in.
     version = fields.IntField(default=1)
     currency = fields.CharField(max_length=3)
+    # The money story, as Stripe told it on payment: total = subtotal - discount + shipping
+    # + tax (exclusive tax; inclusive tax is inside the other figures). Until payment the
+    # total is the subtotal and the rest is 0.
+    subtotal = fields.BigIntField(default=0)
+    discount = fields.BigIntField(default=0)
+    shipping_cost = fields.BigIntField(default=0)
+    tax = fields.BigIntField(default=0)
     total = fields.BigIntField()
     amount_refunded = fields.BigIntField(default=0)
+    promotion_code = fields.CharField(max_length=64, null=True)
+    # The shipping rate the shopper chose at Stripe: {"name": ..., "amount": ...}.
+    shipping_method: dict[str, Any] | None = fields.JSONField(null=True)
     shipping_address: dict[str, Any] | None = fields.JSONField(null=True)
     carrier = fields.CharField(max_length=64, null=True)
     tracking_number = fields.CharField(max_length=128, null=True)
@@ -261,3 +273,18 @@ class PaymentDiscrepancy(Model):
     class Meta:
         table = "payment_discrepancies"
         indexes = [Index(fields=("resolved_at", "found_at"), name="payment_discrepancies_open")]
+
+
+class GuestSession(Model):
+    """A guest token handed out, by client address: counted to rate-limit guests per address,
+    so that a script cannot mint shoppers to get past per-shopper limits."""
+
+    id = fields.IntField(primary_key=True)
+    client_address = fields.CharField(max_length=64)
+    user_id = fields.CharField(max_length=255)
+    email = fields.CharField(max_length=320)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "guest_sessions"
+        indexes = [Index(fields=("client_address", "created_at"), name="guest_sessions_address")]

@@ -46,6 +46,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 BACKEND = os.environ.get("ORDERGRAPH_TEST_DB", "sqlite")
 
 TABLES = [
+    "guest_sessions",
     "payment_discrepancies",
     "outbox_emails",
     "payment_trackers",

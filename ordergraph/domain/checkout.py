@@ -140,6 +140,7 @@ async def place_order(
             status=OrderStatus.PENDING_PAYMENT,
             payment_status=PaymentStatus.PENDING,
             currency=settings.shop_currency,
+            subtotal=total,
             total=total,
             email=email or None,
             expires_at=now + checkout_ttl(settings),
