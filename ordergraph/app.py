@@ -22,6 +22,7 @@ from ordergraph import events, metrics
 from ordergraph.db import tortoise_config
 from ordergraph.domain.payments import PaymentServices
 from ordergraph.domain.sweeper import Sweeper
+from ordergraph.mail import messages
 from ordergraph.mail.sender import MailSender
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import StripeGateway
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> Starlette:
         ):
             gateway = StripeGateway(settings)
             app.state.services = PaymentServices(settings, gateway)
+            messages.configure(settings)
             sender = MailSender(settings)
             sweeper = Sweeper(app.state.services)
             background = [

@@ -2,7 +2,17 @@
 
 A token is an HS256 JWT with `sub`, `email`, optional `roles` and `exp`. Only HS256 is
 accepted, so a token that names another algorithm (`none` included) is refused before its
-signature is even considered.
+signature is even considered. A guest's token is one like the others, with `sub` =
+`guest:<uuid>` and `roles` = `["guest"]`.
+
+An order's access token (`Order.accessToken`, the `?access=` of mail links) is a JWT signed
+with the same key but of another kind: `sub` = `order:<id>`, `typ` = `order-access` and
+`aud` = `ordergraph:order-access`. A bearer token is decoded without an audience, and PyJWT
+refuses any token that carries one, so an access token can never pass for a bearer token; an
+access token is decoded with its audience, so a bearer token can never pass for one. It expires
+`ORDER_ACCESS_DAYS` (90) days after it is issued: long enough for the withdrawal period after
+delivery, short enough that an old mail stops opening the order; each read by the order's owner
+issues a fresh one.
 """
 
 from __future__ import annotations
@@ -17,6 +27,11 @@ from ordergraph.models import User
 
 ALGORITHM = "HS256"
 STAFF_ROLE = "staff"
+GUEST_ROLE = "guest"
+GUEST_PREFIX = "guest:"
+ORDER_ACCESS_AUDIENCE = "ordergraph:order-access"
+ORDER_ACCESS_TYPE = "order-access"
+ORDER_ACCESS_DAYS = 90
 
 
 class AuthError(Exception):
@@ -39,7 +54,13 @@ class Credentials(NamedTuple):
 
 
 def issue_token(
-    secret: str, user_id: str, email: str, *, staff: bool = False, ttl_seconds: int = 3600
+    secret: str,
+    user_id: str,
+    email: str,
+    *,
+    staff: bool = False,
+    guest: bool = False,
+    ttl_seconds: int = 3600,
 ) -> str:
     now = int(time.time())
     claims: dict[str, object] = {
@@ -48,9 +69,42 @@ def issue_token(
         "iat": now,
         "exp": now + ttl_seconds,
     }
-    if staff:
-        claims["roles"] = [STAFF_ROLE]
+    roles = [role for role, held in ((STAFF_ROLE, staff), (GUEST_ROLE, guest)) if held]
+    if roles:
+        claims["roles"] = roles
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def issue_order_token(secret: str, order_id: str, *, now: float | None = None) -> str:
+    """The token that opens one order (and nothing else) to whoever holds it."""
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "sub": f"order:{order_id}",
+        "aud": ORDER_ACCESS_AUDIENCE,
+        "typ": ORDER_ACCESS_TYPE,
+        "iat": issued,
+        "exp": issued + ORDER_ACCESS_DAYS * 86400,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def order_id_from_access_token(secret: str, token: str) -> str | None:
+    """The order an access token opens; None for anything that is not a valid one of ours."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            audience=ORDER_ACCESS_AUDIENCE,
+            options={"require": ["sub", "exp", "aud"]},
+        )
+    except jwt.PyJWTError:
+        return None
+    sub = claims.get("sub")
+    if claims.get("typ") != ORDER_ACCESS_TYPE or not isinstance(sub, str):
+        return None
+    kind, _, order_id = sub.partition(":")
+    return order_id if kind == "order" and order_id else None
 
 
 def _verify(secret: str, token: str) -> tuple[Identity, float]:
@@ -64,6 +118,8 @@ def _verify(secret: str, token: str) -> tuple[Identity, float]:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub or len(sub) > 255:
         raise AuthError("invalid token: sub must be a non-empty string")
+    if "typ" in claims or sub.startswith("order:"):
+        raise AuthError("invalid token: not a bearer token")
     email = claims.get("email")
     roles = claims.get("roles") or []
     identity = Identity(

@@ -121,7 +121,10 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
         log_level="info",
         log_config=logging_config(settings.log_format),
         access_log=settings.access_log,
+        # X-Forwarded-For is believed from TRUSTED_PROXIES when set, else from uvicorn's default
+        # (FORWARDED_ALLOW_IPS, or 127.0.0.1); see web/client_address.py.
         proxy_headers=True,
+        forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
         # Compression costs ~40 KB per idle subscriber for messages of a few hundred bytes.
         ws_per_message_deflate=False,
     )
@@ -168,12 +171,14 @@ async def _with_services(settings: Settings, work: Callable[[PaymentServices], A
     from ordergraph import events
     from ordergraph.db import tortoise_config
     from ordergraph.domain.payments import PaymentServices
+    from ordergraph.mail import messages
     from ordergraph.stripe_gateway import StripeGateway
 
     await Tortoise.init(config=tortoise_config(settings.database_url))
     gateway = StripeGateway(settings)
     try:
         async with events.running(settings.events_url):
+            messages.configure(settings)
             return await work(PaymentServices(settings, gateway))
     finally:
         await gateway.close()

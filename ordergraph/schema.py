@@ -19,13 +19,14 @@ from strawberry.extensions import (
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionContext
 
-from ordergraph.resolvers import cart, catalog, emails, orders, payments, subscriptions
+from ordergraph.resolvers import cart, catalog, emails, guests, orders, payments, subscriptions
 from ordergraph.resolvers.base import RefuseBadToken
 from ordergraph.resolvers.types import (
     Cart,
     CartPayload,
     CheckoutPayload,
     EmailPayload,
+    GuestSessionPayload,
     Order,
     OrderConnection,
     OrderPayload,
@@ -49,8 +50,8 @@ class Query:
     order: Order | None = strawberry.field(
         resolver=orders.order,
         description=(
-            "An order of the signed-in shopper (any order for staff); "
-            "null when absent or not theirs."
+            "An order of the signed-in shopper (any order for staff, or the one order an "
+            "accessToken opens); null when absent or not theirs."
         ),
     )
     my_orders: OrderConnection = strawberry.field(resolver=orders.my_orders)
@@ -92,6 +93,10 @@ class Mutation:
             "Asks Stripe for the order's Checkout Session and applies a completed payment at once "
             "(for the success page)."
         ),
+    )
+    start_guest_session: GuestSessionPayload = strawberry.mutation(
+        resolver=guests.start_guest_session,
+        description="A token for a shopper without an account (when guest checkout is on).",
     )
     upsert_product: ProductPayload = strawberry.mutation(
         resolver=catalog.upsert_product, description="Staff only from here on."

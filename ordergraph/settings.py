@@ -8,6 +8,7 @@ checked at start.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,21 @@ def _int(name: str, value: str, *, low: int, high: int) -> int:
     if not low <= number <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, not {number}")
     return number
+
+
+def _networks(name: str, value: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDR networks, each checked (and written canonically)."""
+    networks = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise SettingsError(
+                f"{name} must list IP addresses or networks (CIDR), not {part!r}"
+            ) from None
+    return tuple(networks)
 
 
 class _Env:
@@ -109,6 +125,14 @@ class Settings:
     max_units_per_line: int = 1000
     max_unpaid_units_per_shopper: int = 2000
     expiry_grace_minutes: int = 5
+    # Guest checkout: `startGuestSession` hands out guest tokens this long-lived, at most
+    # `guest_sessions_per_hour` per client address (0 disables the limit).
+    guest_checkout: bool = True
+    guest_session_hours: int = 24
+    guest_sessions_per_hour: int = 20
+    # Reverse proxies whose X-Forwarded-For is believed (addresses or CIDR networks); see
+    # web/client_address.py.
+    trusted_proxies: tuple[str, ...] = ()
     jwt_secret: str = field(default="", repr=False)
     debug: bool = False
     access_log: bool = False
@@ -208,6 +232,14 @@ class Settings:
             expiry_grace_minutes=read.integer(
                 "EXPIRY_GRACE_MINUTES", cls.expiry_grace_minutes, low=0, high=1440
             ),
+            guest_checkout=read.boolean("GUEST_CHECKOUT", cls.guest_checkout),
+            guest_session_hours=read.integer(
+                "GUEST_SESSION_HOURS", cls.guest_session_hours, low=1, high=24 * 365
+            ),
+            guest_sessions_per_hour=read.integer(
+                "GUEST_SESSIONS_PER_HOUR", cls.guest_sessions_per_hour, low=0, high=1_000_000
+            ),
+            trusted_proxies=_networks("TRUSTED_PROXIES", read.get("TRUSTED_PROXIES") or ""),
             jwt_secret=jwt_secret,
             debug=read.boolean("DEBUG", cls.debug),
             access_log=read.boolean("ACCESS_LOG", cls.access_log),

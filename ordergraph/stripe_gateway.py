@@ -8,6 +8,7 @@ so that a Stripe API change (such as the shipping address moving into
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -78,6 +79,17 @@ class CheckoutSession:
     shipping_address: dict[str, Any] | None = None
     customer_email: str | None = None
     created: int | None = None
+    # Stripe's figures (None when the payload predates them): `total_details` and the chosen
+    # `shipping_cost`, whose rate and promotion code are ids until `StripeGateway.described`
+    # (or an expanded object) gives their display name and code.
+    amount_subtotal: int | None = None
+    amount_discount: int | None = None
+    amount_shipping: int | None = None
+    amount_tax: int | None = None
+    shipping_rate_id: str | None = None
+    shipping_rate_name: str | None = None
+    promotion_code_id: str | None = None
+    promotion_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,38 @@ def _typed(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> 
     return value
 
 
+def _id_or_object(data: Mapping[str, Any], key: str, name: str) -> tuple[str | None, str | None]:
+    """An id, or an expanded object: its id and the string it holds under `name`."""
+    value = _typed(data, key, (str, Mapping))
+    if isinstance(value, Mapping):
+        return _typed(value, "id", str), _typed(value, name, str)
+    return value, None
+
+
+def _money_of(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The session's money: `amount_subtotal`, `total_details`, `shipping_cost`, `discounts`."""
+    details = _typed(data, "total_details", Mapping) or {}
+    shipping = _typed(data, "shipping_cost", Mapping) or {}
+    rate_id, rate_name = _id_or_object(shipping, "shipping_rate", "display_name")
+    promo_id = promo_code = None
+    for discount in _typed(data, "discounts", list) or []:
+        if not isinstance(discount, Mapping):
+            raise MalformedStripeObject("a discount is not an object")
+        promo_id, promo_code = _id_or_object(discount, "promotion_code", "code")
+        if promo_id:
+            break
+    return {
+        "amount_subtotal": _typed(data, "amount_subtotal", int),
+        "amount_discount": _typed(details, "amount_discount", int),
+        "amount_shipping": _typed(details, "amount_shipping", int),
+        "amount_tax": _typed(details, "amount_tax", int),
+        "shipping_rate_id": rate_id,
+        "shipping_rate_name": rate_name,
+        "promotion_code_id": promo_id,
+        "promotion_code": promo_code,
+    }
+
+
 def session_from_stripe(obj: Mapping[str, Any] | stripe.StripeObject) -> CheckoutSession:
     data = obj.to_dict() if isinstance(obj, stripe.StripeObject) else obj
     if not isinstance(data, Mapping) or not isinstance(data.get("id"), str):
@@ -141,6 +185,7 @@ def session_from_stripe(obj: Mapping[str, Any] | stripe.StripeObject) -> Checkou
         customer_email=(customer and _typed(customer, "email", str))
         or _typed(data, "customer_email", str),
         created=_typed(data, "created", int),
+        **_money_of(data),
     )
 
 
@@ -315,6 +360,24 @@ class StripeGateway:
             self.client.v1.checkout.sessions.retrieve_async(session_id),
         )
         return session_from_stripe(session)
+
+    async def described(self, session: CheckoutSession) -> CheckoutSession:
+        """The session with its shipping rate's display name and its promotion code's code,
+        asked of Stripe when the session holds only their ids (webhooks never expand them)."""
+        changes: dict[str, Any] = {}
+        if session.shipping_rate_id and session.shipping_rate_name is None:
+            rate = await self._call(
+                "shipping rate retrieve",
+                self.client.v1.shipping_rates.retrieve_async(session.shipping_rate_id),
+            )
+            changes["shipping_rate_name"] = _typed(rate.to_dict(), "display_name", str) or ""
+        if session.promotion_code_id and session.promotion_code is None:
+            promo = await self._call(
+                "promotion code retrieve",
+                self.client.v1.promotion_codes.retrieve_async(session.promotion_code_id),
+            )
+            changes["promotion_code"] = _typed(promo.to_dict(), "code", str)
+        return dataclasses.replace(session, **changes) if changes else session
 
     async def list_checkout_sessions(self, created_since: datetime) -> list[CheckoutSession]:
         """Every Checkout Session created since then, newest first: page by page, each page

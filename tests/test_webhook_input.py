@@ -203,6 +203,16 @@ CASES: dict[str, Case] = {
     "session metadata not an object": Case(
         _object(lambda p: p.paid_session(metadata=["order_id"])), 400
     ),
+    "session total_details not an object": Case(_event_with(total_details=[0, 0, 0]), 400),
+    "session shipping rate not an id": Case(
+        _event_with(
+            shipping_cost={"amount_total": 500, "shipping_rate": 7},
+            total_details={"amount_discount": 0, "amount_shipping": 500, "amount_tax": 0},
+            amount_total=5500,
+        ),
+        400,
+    ),
+    "session discounts not a list": Case(_event_with(discounts={"promotion_code": "x"}), 400),
     "refund with metadata not an object": Case(
         _object({"id": "ch_1", "object": "charge", "metadata": ["x"]}, "charge.refunded"), 400
     ),
@@ -223,6 +233,20 @@ CASES: dict[str, Case] = {
         _metadata(user_id="mallory", payment_status="unpaid"), 200, "rejected"
     ),
     "amount short": Case(_event_with(amount_total=1, payment_status="unpaid"), 200, "rejected"),
+    "subtotal not the order's": Case(
+        _event_with(amount_subtotal=4000, amount_total=4000, payment_status="unpaid"),
+        200,
+        "rejected",
+    ),
+    "figures that do not add up": Case(
+        _event_with(
+            amount_total=4000,
+            total_details={"amount_discount": 500, "amount_shipping": 0, "amount_tax": 0},
+            payment_status="unpaid",
+        ),
+        200,
+        "rejected",
+    ),
     "other currency": Case(_event_with(currency="eur", payment_status="unpaid"), 200, "rejected"),
     "another session": Case(
         _event_with(id="cs_test_forged", payment_status="unpaid"), 200, "rejected"

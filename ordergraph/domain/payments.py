@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from ordergraph.db import transaction
 from ordergraph.domain.discrepancies import Discrepancy, already_recorded, record_discrepancy
 from ordergraph.domain.errors import BusinessError, ErrorCode, order_not_found
+from ordergraph.domain.money import amount_problem, money_fields
 from ordergraph.domain.order_state import can_transition, change_order, lock_order
 from ordergraph.mail import messages as emails
 from ordergraph.models import (
@@ -87,11 +88,9 @@ def _refusal(session: CheckoutSession, order: Order) -> str | None:
     """Why the session cannot pay for the order, or None when it is really the order's own."""
     if session.metadata.get("user_id") != order.user_id:
         return f"metadata.user_id {session.metadata.get('user_id')!r} is not the order's owner"
-    if session.amount_total != order.total or session.currency != order.currency:
-        return (
-            f"paid {session.amount_total} {session.currency}, "
-            f"the order is {order.total} {order.currency}"
-        )
+    money = amount_problem(session, order)
+    if money is not None:
+        return money
     if order.stripe_checkout_session_id not in (None, session.id):
         return f"the order's session is {order.stripe_checkout_session_id}"
     return None
@@ -194,13 +193,23 @@ async def refuse_payment(
     return Outcome.REFUSED
 
 
-def _payment_fields(session: CheckoutSession) -> dict[str, Any]:
+def _payment_fields(session: CheckoutSession, order: Order) -> dict[str, Any]:
     return {
         "stripe_checkout_session_id": session.id,
         "stripe_payment_intent_id": session.payment_intent_id,
         "customer_email": session.customer_email,
         "shipping_address": session.shipping_address,
+        **money_fields(session, order),
     }
+
+
+async def _described(session: CheckoutSession, services: PaymentServices) -> CheckoutSession:
+    """The session with its shipping rate's name and promotion code, asked of Stripe if need be;
+    Stripe unreachable: the event is brought again later."""
+    try:
+        return await services.gateway.described(session)
+    except PaymentProviderError as exc:
+        raise RetryLater(f"the shipping rate or promotion code of {session.id} is unknown") from exc
 
 
 async def confirm_checkout(
@@ -227,18 +236,23 @@ async def confirm_checkout(
             or order.payment_status != PaymentStatus.PENDING
         ):
             return Outcome.UNCHANGED
+        session = await _described(session, services)
         await change_order(
             order,
             payment_status=PaymentStatus.PROCESSING,
             reason="payment processing",
             actor=actor,
-            fields=_payment_fields(session),
+            fields=_payment_fields(session, order),
         )
         return Outcome.APPLIED
     if session.payment_status != "paid":
         return Outcome.IGNORED
     if order.paid_at is not None:
         return Outcome.UNCHANGED
+    if order.status == OrderStatus.PENDING_PAYMENT or can_transition(
+        order.status, OrderStatus.PAYMENT_CONFIRMED
+    ):
+        session = await _described(session, services)
     if order.status == OrderStatus.PENDING_PAYMENT:
         await _confirm(order, session, actor=actor, reason="payment received")
     elif can_transition(order.status, OrderStatus.PAYMENT_CONFIRMED):
@@ -261,7 +275,11 @@ async def _confirm(order: Order, session: CheckoutSession, *, actor: str, reason
             payment_status=PaymentStatus.PAID,
             reason=reason,
             actor=actor,
-            fields={**_payment_fields(session), "paid_at": datetime.now(UTC), "is_locked": True},
+            fields={
+                **_payment_fields(session, order),
+                "paid_at": datetime.now(UTC),
+                "is_locked": True,
+            },
         )
         await _track(order, session, "paid")
     items = await OrderItem.filter(order_id=order.id).order_by("id")
@@ -287,9 +305,11 @@ async def _refund_late_payment(
 ) -> None:
     """Money arrived for an order whose stock is gone: give it straight back, and say why."""
     reason = "Your payment arrived after the order had expired and the items sold out."
+    # What Stripe charged (the order's total until then is its subtotal).
+    charged = order.total if session.amount_total is None else session.amount_total
     await _give_back(
         session,
-        order.total,
+        charged,
         key=f"late-payment-refund-{order.id}",
         why="late payment, out of stock",
         services=services,
@@ -300,16 +320,16 @@ async def _refund_late_payment(
         reason="late payment refunded: out of stock",
         actor=actor,
         fields={
-            **_payment_fields(session),
+            **_payment_fields(session, order),
             "paid_at": datetime.now(UTC),
-            "amount_refunded": order.total,
+            "amount_refunded": charged,
         },
     )
     await _track(order, session, "refunded")
     await emails.email_shopper(
         order,
-        dedupe_key=f"refund:{order.id}:{order.total}",
-        composed=emails.compose_refund(order, order.total, reason),
+        dedupe_key=f"refund:{order.id}:{charged}",
+        composed=emails.compose_refund(order, charged, reason),
     )
 
 

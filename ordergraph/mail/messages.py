@@ -8,13 +8,47 @@ from __future__ import annotations
 
 import html
 import logging
+from urllib.parse import quote
 
+from ordergraph.auth import issue_order_token
 from ordergraph.mail import outbox
 from ordergraph.mail.outbox import Composed
 from ordergraph.models import Order, OrderItem, User
 from ordergraph.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# (FRONTEND_URL, JWT_SECRET) of this process, for the order links in shoppers' mails; set by
+# `configure` where the process builds its services (app.py's lifespan, cli.py's commands).
+_links: tuple[str, str] | None = None
+
+
+def configure(settings: Settings) -> None:
+    global _links
+    _links = (settings.frontend_url, settings.jwt_secret)
+
+
+def order_link(order: Order) -> str | None:
+    """`{FRONTEND_URL}/order-success/{id}?access=<token>`: opens the order without signing in."""
+    if _links is None:
+        return None
+    frontend_url, secret = _links
+    token = issue_order_token(secret, str(order.id))
+    return f"{frontend_url}/order-success/{order.id}?access={quote(token)}"
+
+
+def with_order_link(order: Order, composed: Composed) -> Composed:
+    """The mail with a last paragraph that links to the order."""
+    link = order_link(order)
+    if link is None:
+        log.warning("no order link in %r: mail links are not configured", composed.subject)
+        return composed
+    anchor = f'<p>See your order: <a href="{html.escape(link)}">{html.escape(link)}</a></p>'
+    return Composed(
+        composed.subject,
+        f"{composed.text}\n\nSee your order: {link}",
+        composed.html.replace("</body></html>", anchor + "</body></html>"),
+    )
 
 
 def money(amount: int, currency: str) -> str:
@@ -75,6 +109,21 @@ def _short(order: Order) -> str:
     return str(order.id)[:8]
 
 
+def _money_rows(order: Order) -> list[tuple[str, str]]:
+    """Subtotal, discount (with its code), shipping (with its method), tax: those not zero."""
+    code = f" ({order.promotion_code})" if order.promotion_code else ""
+    method = (order.shipping_method or {}).get("name")
+    rows = [
+        ("Subtotal", order.subtotal),
+        (f"Discount{code}", -order.discount),
+        (f"Shipping ({method})" if method else "Shipping", order.shipping_cost),
+        ("Tax", order.tax),
+    ]
+    if all(amount == 0 for _, amount in rows[1:]):
+        return []  # the lines are the whole story
+    return [(label, money(amount, order.currency)) for label, amount in rows if amount]
+
+
 def compose_receipt(order: Order, items: list[OrderItem]) -> Composed:
     table = [
         (
@@ -83,6 +132,7 @@ def compose_receipt(order: Order, items: list[OrderItem]) -> Composed:
         )
         for item in items
     ]
+    table += _money_rows(order)
     table.append(("Total paid", money(order.total, order.currency)))
     address = "\n".join(["Shipping to:", *_address_lines(order.shipping_address)])
     return _compose(
@@ -150,14 +200,20 @@ def compose_dispute(order: Order, dispute_id: str, amount: int | None) -> Compos
 
 
 async def email_shopper(order: Order, *, dedupe_key: str, composed: Composed) -> None:
-    """Queue a mail to the order's shopper: their account's address, else the one they paid with."""
-    user = await User.get(id=order.user_id)
-    recipient = user.email or order.customer_email
+    """Queue a mail to the order's shopper: the order's email (known at checkout, else the one
+    Stripe collected), else the one they paid with, else their account's address."""
+    recipient = order.email or order.customer_email
+    if not recipient:
+        user = await User.get_or_none(id=order.user_id)
+        recipient = user.email if user is not None else None
     if not recipient:
         log.warning("order %s has no email address for %r", order.id, composed.subject)
         return
     await outbox.enqueue_email(
-        dedupe_key=dedupe_key, recipient=recipient, composed=composed, order=order
+        dedupe_key=dedupe_key,
+        recipient=recipient,
+        composed=with_order_link(order, composed),
+        order=order,
     )
 
 

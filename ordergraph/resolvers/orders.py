@@ -10,6 +10,7 @@ from tortoise.expressions import Q
 from tortoise.queryset import QuerySet
 
 from ordergraph import logs
+from ordergraph.auth import order_id_from_access_token
 from ordergraph.domain import expiry, fulfilment, payments
 from ordergraph.domain.errors import ErrorCode, order_not_found
 from ordergraph.models import Order as OrderModel
@@ -35,14 +36,27 @@ from ordergraph.resolvers.types import (
 )
 
 
-async def order(info: Info, id: strawberry.ID) -> Order | None:
-    identity = await require_user(info)
+async def order(info: Info, id: strawberry.ID, access_token: str | None = None) -> Order | None:
+    """The one rule of who may read (and follow) an order: its owner, staff, and whoever holds
+    the order's own access token. Everyone else, a holder of another order's token included,
+    is told it does not exist. Without a bearer token, only an access token opens anything."""
+    context = info.context
+    if access_token is None or context.identity is not None:
+        identity = await require_user(info)
+    else:
+        identity = None
     key = parse_uuid(id)
     if key is None:
         return None
     query = OrderModel.filter(id=key)
-    if not identity.is_staff:
-        query = query.filter(user_id=identity.user_id)
+    opened = access_token is not None and order_id_from_access_token(
+        context.settings.jwt_secret, access_token
+    ) == str(key)
+    if not opened:
+        if identity is None:
+            return None
+        if not identity.is_staff:
+            query = query.filter(user_id=identity.user_id)
     row = await query.first()
     return Order.from_model(row) if row else None
 

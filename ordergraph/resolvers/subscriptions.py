@@ -44,7 +44,7 @@ class Snapshot:
     order: OrderModel
     loaders: Loaders
     # Answers already computed from this snapshot, by question (see SharedEventExecutor).
-    answers: dict[tuple[int, str], Any] = field(default_factory=dict)
+    answers: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
 
 class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
@@ -61,7 +61,14 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
         answers = getattr(self.root_value, "answers", None)
         if answers is None or self.operation.operation is not OperationKind.SUBSCRIPTION:
             return super().execute_operation(serially)
-        key = (id(self.operation), repr(sorted(self.variable_values.coerced.items())))
+        # Who asks matters for one field only (`accessToken`, for the owner and staff): the
+        # caller's identity joins the key, so that answers are shared only among equals.
+        identity = getattr(self.context_value, "identity", None)
+        key = (
+            id(self.operation),
+            repr(sorted(self.variable_values.coerced.items())),
+            None if identity is None else "staff" if identity.is_staff else identity.user_id,
+        )
         answer = answers.get(key)
         if answer is None:
             result = super().execute_operation(serially)
@@ -124,13 +131,16 @@ class OrderReads:
 reads = OrderReads()
 
 
-async def order_status_changed(info: Info, order_id: strawberry.ID) -> AsyncIterator[Order]:
+async def order_status_changed(
+    info: Info, order_id: strawberry.ID, access_token: str | None = None
+) -> AsyncIterator[Order]:
     """Checked before the stream starts, so that refusal is the operation's error: only the
-    owner or staff may follow an order, and anyone else is told it does not exist."""
+    owner, staff or the holder of the order's access token may follow an order (the rule is
+    `orders.order`'s), and anyone else is told it does not exist."""
     context: Context = info.context
     if not isinstance(context.request, WebSocket):
         raise _websocket_only()
-    order = await orders.order(info, order_id)
+    order = await orders.order(info, order_id, access_token)
     if order is None:
         raise GraphQLError("No such order", extensions={"code": ErrorCode.NOT_FOUND.value})
     return follow(context, context.request, str(order.id))

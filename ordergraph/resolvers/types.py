@@ -10,6 +10,7 @@ import strawberry
 from strawberry.types import Info
 
 from ordergraph import models
+from ordergraph.auth import issue_order_token
 from ordergraph.domain.errors import ErrorCode as DomainErrorCode
 from ordergraph.domain.errors import Problem
 
@@ -121,11 +122,42 @@ class StatusChange:
 
 
 @strawberry.type
+class ShippingMethod:
+    name: str
+    amount: Money
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any] | None, currency: str) -> ShippingMethod | None:
+        if not isinstance(value, dict) or not isinstance(value.get("amount"), int):
+            return None
+        return cls(
+            name=str(value.get("name") or ""),
+            amount=Money(amount=value["amount"], currency=currency),
+        )
+
+
+@strawberry.type
 class Order:
     id: strawberry.ID
     status: OrderStatus  # type: ignore[valid-type]
     payment_status: PaymentStatus  # type: ignore[valid-type]
-    total: Money
+    subtotal: Money = strawberry.field(description="Sum of the lines.")
+    discount: Money = strawberry.field(
+        description="Discount from a promotion code, as Stripe applied it (0 until paid)."
+    )
+    shipping_cost: Money = strawberry.field(
+        description="Shipping the shopper chose at Stripe (0 until paid, or when free)."
+    )
+    tax: Money = strawberry.field(
+        description="Tax as Stripe computed it (0 until paid, or when automatic tax is off)."
+    )
+    total: Money = strawberry.field(
+        description="The subtotal until payment; then exactly what Stripe charged."
+    )
+    amount_refunded: Money
+    promotion_code: str | None
+    shipping_method: ShippingMethod | None
+    email: str | None = strawberry.field(description="Where this order's mail goes.")
     shipping_address: Address | None
     carrier: str | None
     tracking_number: str | None
@@ -135,6 +167,8 @@ class Order:
     paid_at: datetime | None
     expires_at: datetime | None
     version: strawberry.Private[int]
+    # Whose order it is: the owner (and staff) may see its accessToken.
+    owner_id: strawberry.Private[str | None] = None
     # Set on subscription messages: answers shared by everyone following this snapshot.
     answers: strawberry.Private[dict[Any, Any] | None] = None
 
@@ -144,7 +178,15 @@ class Order:
             id=strawberry.ID(str(order.id)),
             status=order.status,
             payment_status=order.payment_status,
+            subtotal=Money(amount=order.subtotal, currency=order.currency),
+            discount=Money(amount=order.discount, currency=order.currency),
+            shipping_cost=Money(amount=order.shipping_cost, currency=order.currency),
+            tax=Money(amount=order.tax, currency=order.currency),
             total=Money(amount=order.total, currency=order.currency),
+            amount_refunded=Money(amount=order.amount_refunded, currency=order.currency),
+            promotion_code=order.promotion_code,
+            shipping_method=ShippingMethod.from_json(order.shipping_method, order.currency),
+            email=order.email or order.customer_email,
             shipping_address=Address.from_json(order.shipping_address),
             carrier=order.carrier,
             tracking_number=order.tracking_number,
@@ -154,6 +196,7 @@ class Order:
             paid_at=order.paid_at,
             expires_at=order.expires_at,
             version=order.version,
+            owner_id=order.user_id,
         )
 
     @strawberry.field
@@ -170,6 +213,18 @@ class Order:
             )
             for item in items
         ]
+
+    @strawberry.field(
+        description=(
+            "For the order's owner and staff: a token that lets its holder read this order, "
+            "follow it live and withdraw from it (links in mails, guest shoppers)."
+        )
+    )
+    def access_token(self, info: Info) -> str | None:
+        identity = info.context.identity
+        if identity is None or not (identity.is_staff or identity.user_id == self.owner_id):
+            return None
+        return issue_order_token(info.context.settings.jwt_secret, str(self.id))
 
     @strawberry.field(description="Every status the order has had, oldest first.")
     async def history(self, info: Info) -> list[StatusChange]:
@@ -248,6 +303,19 @@ class CheckoutPayload:
 @strawberry.type
 class OrderPayload:
     order: Order | None = None
+    user_errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class GuestSessionPayload:
+    token: str | None = strawberry.field(
+        default=None,
+        description=(
+            'A bearer token for a guest shopper (sub guest:<uuid>, roles ["guest"]): cart, '
+            "checkout and their orders, like any shopper."
+        ),
+    )
+    expires_at: datetime | None = None
     user_errors: list[UserError] = strawberry.field(default_factory=list)
 
 

@@ -1,6 +1,8 @@
 """Who may do what: every root field of the served schema (queries, mutations, the
-subscription) for an anonymous caller, the owner of the order and cart, another shopper and
-staff, on real data; and the bearer tokens that must be refused.
+subscription) for an anonymous caller, the owner of the order and cart, another shopper, staff,
+a guest shopper (a guest token of its own) and an access-token caller (no bearer token, only the
+order's accessToken where an argument takes one), on real data; and the bearer tokens that must
+be refused.
 
 The cases are generated from the schema that the service builds, and each root field must have
 an entry in `OPERATIONS`: an operation added without saying who may use it fails here.
@@ -22,8 +24,10 @@ import jwt
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from ordergraph.auth import decode_token, issue_token
 from ordergraph.models import (
     CartItem,
+    GuestSession,
     Order,
     OutboxEmail,
     OutboxStatus,
@@ -37,8 +41,10 @@ from tests.utils.dbstate import snapshot, user_ids, without_cart_of
 from tests.utils.helpers import add_to_cart, checked_out_order, make_product, stock_of
 from tests.utils.live import TRANSPORT_WS, Follower, RawSocket
 
-ROLES = ("anonymous", "owner", "stranger", "staff")
-USERS = {"owner": "olive", "stranger": "mallory", "staff": "clerk"}
+ROLES = ("anonymous", "owner", "stranger", "staff", "guest", "access-token")
+USERS = {"owner": "olive", "stranger": "mallory", "staff": "clerk", "guest": "guest:matrix"}
+# Roles that send no bearer token.
+TOKENLESS = ("anonymous", "access-token")
 
 # What a role gets from an operation.
 ALLOWED = "allowed"  # done on the data the test set up (the owner's order or cart, any for staff)
@@ -63,11 +69,21 @@ class World:
     order_id: str
     session_id: str
     dead_mail_id: int
+    access_token: str
 
     def token(self, role: str) -> str | None:
-        if role == "anonymous":
+        if role in TOKENLESS:
             return None
+        if role == "guest":
+            return issue_token(JWT_SECRET, USERS[role], "guest@example.com", guest=True)
         return self.app.token(USERS[role], staff=role == "staff")
+
+    def variables(self, operation: Operation, role: str) -> dict[str, Any]:
+        """The operation's variables; the order's accessToken for the access-token caller."""
+        variables = operation.variables(self)
+        if role == "access-token" and "$a: String" in operation.document:
+            variables["a"] = self.access_token
+        return variables
 
 
 STAGES = ("pending", "completed", "paid", "awaiting", "shipped")
@@ -128,7 +144,12 @@ async def build_world(app: Harness, stage: str) -> World:
         action="left for staff",
     )
     await app.emulator.drain()
-    return World(app, tee, mug, order_id, session_id, dead.id)
+    body = await app.gql(
+        "query($o: ID!) { order(id: $o) { accessToken } }", {"o": order_id}, token=owner
+    )
+    access_token = body["data"]["order"]["accessToken"]
+    assert access_token, body
+    return World(app, tee, mug, order_id, session_id, dead.id, access_token)
 
 
 Effect = Callable[[World, str, Any], Awaitable[None]]
@@ -147,8 +168,24 @@ class Operation:
         assert set(self.expect) == set(ROLES), self.expect
 
 
-def _roles(anonymous: str, owner: str, stranger: str, staff: str) -> dict[str, str]:
-    return {"anonymous": anonymous, "owner": owner, "stranger": stranger, "staff": staff}
+def _roles(
+    anonymous: str,
+    owner: str,
+    stranger: str,
+    staff: str,
+    guest: str | None = None,
+    access: str | None = None,
+) -> dict[str, str]:
+    """Who gets what. A guest is a shopper like the stranger unless told otherwise; an
+    access-token caller sends no bearer token, so it is anonymous unless told otherwise."""
+    return {
+        "anonymous": anonymous,
+        "owner": owner,
+        "stranger": stranger,
+        "staff": staff,
+        "guest": stranger if guest is None else guest,
+        "access-token": anonymous if access is None else access,
+    }
 
 
 def _order_var(world: World) -> dict[str, Any]:
@@ -196,6 +233,18 @@ async def _shows_the_callers_cart(world: World, role: str, answer: Any) -> None:
 async def _shows_the_order(world: World, role: str, answer: Any) -> None:
     assert answer["id"] == world.order_id
     assert answer["lines"] == [{"productId": str(world.tee.id), "quantity": 2}]
+    # The money breakdown and the mail address: no code, rate or tax at this shop's Stripe.
+    assert {k: v for k, v in answer.items() if k not in ("id", "status", "lines")} == {
+        "subtotal": {"amount": 5000, "currency": "USD"},
+        "discount": {"amount": 0},
+        "shippingCost": {"amount": 0},
+        "tax": {"amount": 0},
+        "total": {"amount": 5000},
+        "amountRefunded": {"amount": 0},
+        "promotionCode": None,
+        "shippingMethod": None,
+        "email": f"{USERS['owner']}@example.com",
+    }
 
 
 async def _lists_the_callers_orders(world: World, role: str, answer: Any) -> None:
@@ -305,6 +354,14 @@ async def _follows(world: World, role: str, answer: Any) -> None:
     assert answer["status"] == "PENDING_PAYMENT"
 
 
+async def _guest_started(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == [] and answer["expiresAt"], answer
+    identity = decode_token(JWT_SECRET, answer["token"])
+    assert identity.user_id.startswith("guest:") and not identity.is_staff
+    assert identity.email == "new-guest@example.com"
+    assert [s.user_id for s in await GuestSession.all()] == [identity.user_id]
+
+
 CART_SELECTION = "cart { itemCount lines { quantity product { id } } } userErrors { code message }"
 
 # Every root field of the schema, who may use it and what it does. Keep it complete: the
@@ -332,8 +389,12 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "order": Operation(
         "query",
-        "query($o: ID!) { order(id: $o) { id status lines { productId quantity } } }",
-        _roles(UNAUTHENTICATED, ALLOWED, ABSENT, ALLOWED),
+        "query($o: ID!, $a: String) { order(id: $o, accessToken: $a) { "
+        "id status lines { productId quantity } "
+        "subtotal { amount currency } discount { amount } shippingCost { amount } "
+        "tax { amount } total { amount } amountRefunded { amount } promotionCode "
+        "shippingMethod { name amount { amount } } email } }",
+        _roles(UNAUTHENTICATED, ALLOWED, ABSENT, ALLOWED, access=ALLOWED),
         _shows_the_order,
         variables=_order_var,
     ),
@@ -413,6 +474,14 @@ OPERATIONS: dict[str, Operation] = {
         stage="completed",
         variables=_order_var,
     ),
+    # Anyone: a guest identity
+    "startGuestSession": Operation(
+        "mutation",
+        """mutation { startGuestSession(email: "new-guest@example.com") {
+             token expiresAt userErrors { code message } } }""",
+        _roles(ALLOWED, ALLOWED, ALLOWED, ALLOWED, ALLOWED, ALLOWED),
+        _guest_started,
+    ),
     # Staff only
     "upsertProduct": Operation(
         "mutation",
@@ -470,8 +539,8 @@ OPERATIONS: dict[str, Operation] = {
     # Subscription
     "orderStatusChanged": Operation(
         "subscription",
-        "",  # sent by tests.utils.live.Follower
-        _roles(UNAUTHENTICATED, ALLOWED, NOT_FOUND, ALLOWED),
+        "$a: String",  # sent by tests.utils.live.Follower (with the access token, if any)
+        _roles(UNAUTHENTICATED, ALLOWED, NOT_FOUND, ALLOWED, access=ALLOWED),
         _follows,
         variables=_order_var,
     ),
@@ -514,7 +583,10 @@ async def _ask(app: Harness, document: str, variables: dict[str, Any], token: st
 
 async def _subscribe(world: World, role: str) -> tuple[str, Any]:
     """('next', the first order) or ('error', the one error), over graphql-transport-ws."""
-    async with Follower(world.app.url, world.token(role), world.order_id, TRANSPORT_WS) as follower:
+    access = world.access_token if role == "access-token" else None
+    async with Follower(
+        world.app.url, world.token(role), world.order_id, TRANSPORT_WS, access_token=access
+    ) as follower:
         if OPERATIONS["orderStatusChanged"].expect[role] in REFUSALS:
             return "error", await follower.refused()
         return "next", await follower.next()
@@ -545,7 +617,7 @@ async def test_authorization_matrix(app: Harness, kind: str, name: str, role: st
         payload = answer if what == "next" else None
     else:
         response = await _ask(
-            app, operation.document, operation.variables(world), world.token(role)
+            app, operation.document, world.variables(operation, role), world.token(role)
         )
         text = response.text
         body = response.json()
@@ -572,7 +644,7 @@ async def test_authorization_matrix(app: Harness, kind: str, name: str, role: st
             assert all(v is None for k, v in payload.items() if k != "userErrors"), text
         assert world.order_id not in text  # not even the id of what was refused
         assert after == before, "a refused request changed the stored state"
-        if role == "anonymous":
+        if role in TOKENLESS:
             assert users_after == users_before  # no user row without a valid token
         else:
             assert users_after - users_before <= {USERS[role]}

@@ -8,6 +8,7 @@ from typing import Any
 
 from ordergraph.models import (
     CartItem,
+    GuestSession,
     Order,
     OrderItem,
     OrderStatusChange,
@@ -63,6 +64,9 @@ async def snapshot(emulator: StripeEmulator | None = None) -> dict[str, Any]:
         ),
         "stripe_events": sorted(e.event_id for e in await ProcessedStripeEvent.all()),
         "outbox": sorted(e.dedupe_key for e in await OutboxEmail.all()),
+        "guest_sessions": sorted(
+            (g.client_address, g.user_id, g.email) for g in await GuestSession.all()
+        ),
         "discrepancies": sorted(d.dedupe_key for d in await PaymentDiscrepancy.all()),
         # Live mail changes state as the sender works; a dead one only when someone acts.
         "dead_mail": sorted(

@@ -40,6 +40,12 @@ SUBSCRIBE = (
     "subscription($id: ID!) { orderStatusChanged(orderId: $id) { %s updatedAt } }" % ORDER_FIELDS
 )
 
+# The same, for a caller who holds the order's access token (and perhaps no bearer token).
+SUBSCRIBE_WITH_ACCESS = (
+    "subscription($id: ID!, $access: String) "
+    "{ orderStatusChanged(orderId: $id, accessToken: $access) { %s updatedAt } }" % ORDER_FIELDS
+)
+
 REDIS_URL = os.environ.get("ORDERGRAPH_TEST_REDIS", "redis://127.0.0.1:6379/0")
 # Every run has its own channel, so that runs sharing one Redis never see each other.
 REDIS_CHANNEL = f"ordergraph-test-{os.getpid()}-{secrets.token_hex(4)}"
@@ -65,6 +71,7 @@ class Follower:
         order_id: str,
         protocol: str,
         headers: dict[str, str] | None = None,
+        access_token: str | None = None,
     ) -> None:
         payload = {"authorization": f"Bearer {token}"} if token else {}
         self.client = Client(
@@ -72,7 +79,13 @@ class Follower:
                 url=ws_url(url), init_payload=payload, subprotocols=[protocol], headers=headers
             )
         )
-        self.request = GraphQLRequest(SUBSCRIBE, variable_values={"id": order_id})
+        self.request = (
+            GraphQLRequest(SUBSCRIBE, variable_values={"id": order_id})
+            if access_token is None
+            else GraphQLRequest(
+                SUBSCRIBE_WITH_ACCESS, variable_values={"id": order_id, "access": access_token}
+            )
+        )
         self.messages: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
 

@@ -256,6 +256,37 @@ async def test_a_stranger_and_a_missing_token_see_no_order(
         await page.context.close()
 
 
+async def test_a_mails_link_opens_the_order_without_signing_in(
+    browser: Browser, shop: ServerProcess, app: Harness
+) -> None:
+    """A mail's link carries the order's access token (?access=...): the page reads and follows
+    that order with it, with no bearer token, and leaves syncing the payment to the shopper."""
+    owner = app.token(unique("owner"))
+    product = await make_product(unique("MUG"), price=1200, name="Stoneware mug")
+    at_shop = dataclasses.replace(app, url=shop.url)
+    placed = await checked_out_order(at_shop, owner, product)
+    body = await at_shop.gql(
+        "query($o: ID!) { order(id: $o) { accessToken } }", {"o": placed["orderId"]}, token=owner
+    )
+    access = body["data"]["order"]["accessToken"]
+    assert access, body
+
+    page, watch = await _new_page(browser)
+    try:
+        response = await page.goto(f"{shop.url}/order-success/{placed['orderId']}?access={access}")
+        assert response is not None and response.status == 200
+        await expect(page.get_by_test_id("status")).to_have_text(
+            "PENDING_PAYMENT", timeout=TIMEOUT_MS
+        )
+        await expect(page.get_by_test_id("live")).to_have_text("live", timeout=TIMEOUT_MS)
+        await expect(page.locator("#lines tr")).to_have_count(1)
+        assert watch.pushed_statuses() == ["PENDING_PAYMENT"], watch.received
+        assert watch.sync_calls == 0
+        assert watch.problems == []
+    finally:
+        await page.context.close()
+
+
 async def test_the_page_is_not_served_unless_enabled(harness: Harness) -> None:
     """A production shop serves its own success page: by default this one does not exist."""
     response = await harness.http.get(f"{harness.url}/order-success/x")
