@@ -184,6 +184,8 @@ ORDER_COLUMNS = [
     "created_at",
     "updated_at",
 ]
+# The money breakdown of an order without discount, shipping or tax: its subtotal is its total.
+BREAKDOWN_COLUMNS = ["subtotal", "discount", "shipping_cost", "tax"]
 ITEM_COLUMNS = ["order_id", "product_id", "product_name", "unit_price", "quantity"]
 CHANGE_COLUMNS = ["order_id", "status", "payment_status", "reason", "actor", "at"]
 TRACKER_COLUMNS = [
@@ -318,7 +320,12 @@ def make_orders(
 
 
 async def copy_orders(conn: asyncpg.Connection, rows: OrderRows) -> None:
-    await conn.copy_records_to_table("orders", records=rows.orders, columns=ORDER_COLUMNS)
+    total = ORDER_COLUMNS.index("total")
+    await conn.copy_records_to_table(
+        "orders",
+        records=[(*order, order[total], 0, 0, 0) for order in rows.orders],
+        columns=ORDER_COLUMNS + BREAKDOWN_COLUMNS,
+    )
     for table, records, columns in (
         ("order_items", rows.items, ITEM_COLUMNS),
         ("order_status_changes", rows.changes, CHANGE_COLUMNS),

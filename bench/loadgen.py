@@ -336,8 +336,9 @@ CHECKOUT_SQL = {
     ),
     "order": (
         "INSERT INTO orders (id, user_id, status, payment_status, version, currency, total,"
-        " amount_refunded, is_locked, expires_at, created_at, updated_at)"
-        " VALUES ($1, $2, 'pending_payment', 'pending', 1, 'USD', $3, 0, false,"
+        " subtotal, discount, shipping_cost, tax, amount_refunded, is_locked, expires_at,"
+        " created_at, updated_at)"
+        " VALUES ($1, $2, 'pending_payment', 'pending', 1, 'USD', $3, $3, 0, 0, 0, 0, false,"
         " now() + interval '31 minutes', now(), now())"
     ),
     "lines": (

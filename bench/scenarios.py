@@ -100,6 +100,13 @@ class Bench:
     log: Any = print
 
     async def __aenter__(self) -> Bench:
+        try:
+            return await self._set_up()
+        except BaseException:
+            await self.__aexit__()  # no sink process or database left behind
+            raise
+
+    async def _set_up(self) -> Bench:
         await self.db.create()
         await self.sink.start()
         conn = await self.db.connect()

@@ -122,6 +122,11 @@ class Order(Model):
     # The shipping rate the shopper chose at Stripe: {"name": ..., "amount": ...}.
     shipping_method: dict[str, Any] | None = fields.JSONField(null=True)
     shipping_address: dict[str, Any] | None = fields.JSONField(null=True)
+    # What the Checkout Session offered, fixed at checkout so that the session request can be
+    # rebuilt exactly (domain/checkout.session_request): {"shipping_options": [{"name",
+    # "amount", "min_days", "max_days"}], "allow_promotion_codes": bool, "automatic_tax":
+    # bool}. None for orders placed before these existed (nothing was offered).
+    checkout_options: dict[str, Any] | None = fields.JSONField(null=True)
     carrier = fields.CharField(max_length=64, null=True)
     tracking_number = fields.CharField(max_length=128, null=True)
     is_locked = fields.BooleanField(default=False)
@@ -164,6 +169,8 @@ class OrderItem(Model):
     product_name = fields.CharField(max_length=200)
     unit_price = fields.BigIntField()
     quantity = fields.IntField()
+    # The product's Stripe Tax code at checkout (sent only when the order asked for automatic tax).
+    tax_code = fields.CharField(max_length=32, null=True)
 
     order_id: str
     product_id: str
@@ -288,3 +295,40 @@ class GuestSession(Model):
     class Meta:
         table = "guest_sessions"
         indexes = [Index(fields=("client_address", "created_at"), name="guest_sessions_address")]
+
+
+class ShippingRate(Model):
+    """A shipping rate staff offer at checkout (sent to Stripe as `shipping_rate_data`)."""
+
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=100)
+    amount = fields.BigIntField()
+    # Offered at 0 when the order's subtotal reaches this many minor units.
+    free_from = fields.BigIntField(null=True)
+    min_delivery_days = fields.IntField(null=True)
+    max_delivery_days = fields.IntField(null=True)
+    active = fields.BooleanField(default=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "shipping_rates"
+
+
+class PromotionCode(Model):
+    """A code shoppers type at Stripe's Checkout: a Stripe coupon and its promotion code."""
+
+    id = fields.IntField(primary_key=True)
+    code = fields.CharField(max_length=64, unique=True)
+    percent_off = fields.FloatField(null=True)
+    amount_off = fields.BigIntField(null=True)
+    currency = fields.CharField(max_length=3)
+    max_redemptions = fields.IntField(null=True)
+    expires_at = fields.DatetimeField(null=True)
+    active = fields.BooleanField(default=True)
+    stripe_coupon_id = fields.CharField(max_length=255)
+    stripe_promotion_code_id = fields.CharField(max_length=255)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "promotion_codes"

@@ -19,8 +19,23 @@ from strawberry.extensions import (
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionContext
 
-from ordergraph.resolvers import cart, catalog, emails, guests, orders, payments, subscriptions
+from ordergraph.resolvers import (
+    cart,
+    catalog,
+    emails,
+    guests,
+    orders,
+    payments,
+    shop,
+    subscriptions,
+)
 from ordergraph.resolvers.base import RefuseBadToken
+from ordergraph.resolvers.shop_types import (
+    PromotionCode,
+    PromotionCodePayload,
+    ShippingRate,
+    ShippingRatePayload,
+)
 from ordergraph.resolvers.types import (
     Cart,
     CartPayload,
@@ -56,6 +71,13 @@ class Query:
     )
     my_orders: OrderConnection = strawberry.field(resolver=orders.my_orders)
     orders: OrderConnection = strawberry.field(resolver=orders.orders, description="Staff only.")
+    shipping_rates: list[ShippingRate] = strawberry.field(
+        resolver=shop.shipping_rates,
+        description="Active rates for everyone; staff see archived ones too.",
+    )
+    promotion_codes: list[PromotionCode] = strawberry.field(
+        resolver=shop.promotion_codes, description="Staff only."
+    )
     undelivered_emails: list[UndeliveredEmail] = strawberry.field(
         resolver=emails.undelivered_emails,
         description="Staff only: mail that failed at least once and is not sent, newest first.",
@@ -107,6 +129,15 @@ class Mutation:
     mark_order_shipped: OrderPayload = strawberry.mutation(resolver=orders.mark_order_shipped)
     mark_order_delivered: OrderPayload = strawberry.mutation(resolver=orders.mark_order_delivered)
     refund_order: OrderPayload = strawberry.mutation(resolver=orders.refund_order)
+    upsert_shipping_rate: ShippingRatePayload = strawberry.mutation(
+        resolver=shop.upsert_shipping_rate
+    )
+    create_promotion_code: PromotionCodePayload = strawberry.mutation(
+        resolver=shop.create_promotion_code
+    )
+    set_promotion_code_active: PromotionCodePayload = strawberry.mutation(
+        resolver=shop.set_promotion_code_active
+    )
     retry_email: EmailPayload = strawberry.mutation(
         resolver=emails.retry_email, description="Staff only: try a DEAD mail again."
     )

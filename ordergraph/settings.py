@@ -106,6 +106,7 @@ class Settings:
     stripe_max_retries: int = 2
     shop_currency: str = "USD"
     shipping_countries: tuple[str, ...] = ("US",)
+    automatic_tax: bool = False
     checkout_ttl_minutes: int = 30
     smtp_host: str = "localhost"
     smtp_port: int = 25
@@ -194,6 +195,7 @@ class Settings:
             ),
             shop_currency=currency,
             shipping_countries=tuple(c.strip().upper() for c in countries.split(",") if c.strip()),
+            automatic_tax=read.boolean("AUTOMATIC_TAX", cls.automatic_tax),
             checkout_ttl_minutes=read.integer(
                 "CHECKOUT_TTL_MINUTES", cls.checkout_ttl_minutes, low=30, high=1440
             ),

@@ -20,6 +20,7 @@ import stripe
 
 from ordergraph import metrics
 from ordergraph.settings import Settings
+from ordergraph.stripe_offers import OfferCalls, ShippingOption, offer_params, product_data
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class SessionLine:
     name: str
     unit_amount: int
     quantity: int
+    tax_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ class CheckoutSessionRequest:
     return_url: str
     expires_at: datetime
     customer_email: str | None = None
+    # What the order was offered at checkout (stored on it: see domain/checkout.session_request).
+    shipping_options: tuple[ShippingOption, ...] = ()
+    allow_promotion_codes: bool = False
+    automatic_tax: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,7 +259,7 @@ def parse_webhook(payload: bytes, signature: str | None, secret: str) -> dict[st
     return event
 
 
-class StripeGateway:
+class StripeGateway(OfferCalls):
     """A StripeClient bound to this process's event loop; create it in the app's lifespan."""
 
     def __init__(self, settings: Settings) -> None:
@@ -304,7 +310,7 @@ class StripeGateway:
                     "price_data": {
                         "currency": request.currency.lower(),
                         "unit_amount": line.unit_amount,
-                        "product_data": {"name": line.name},
+                        "product_data": product_data(line.name, line.tax_code),
                     },
                 }
                 for line in request.lines
@@ -322,6 +328,12 @@ class StripeGateway:
         }
         if request.customer_email:
             params["customer_email"] = request.customer_email
+        params |= offer_params(
+            request.currency,
+            request.shipping_options,
+            request.allow_promotion_codes,
+            request.automatic_tax,
+        )
         session = await self._call(
             "checkout session create",
             self.client.v1.checkout.sessions.create_async(

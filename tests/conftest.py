@@ -46,6 +46,8 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 BACKEND = os.environ.get("ORDERGRAPH_TEST_DB", "sqlite")
 
 TABLES = [
+    "promotion_codes",
+    "shipping_rates",
     "guest_sessions",
     "payment_discrepancies",
     "outbox_emails",

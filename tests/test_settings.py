@@ -21,6 +21,8 @@ def test_defaults_are_the_contracts() -> None:
         False,
     )
     assert settings.mail_from == "orders@localhost"
+    assert (settings.shipping_countries, settings.automatic_tax) == (("US",), False)
+    assert Settings.from_env({"JWT_SECRET": "s", "AUTOMATIC_TAX": "true"}).automatic_tax is True
     assert settings.stripe_secret_key is None and settings.debug is False
     assert (settings.log_format, settings.success_page, settings.metrics_token) == (
         "text",
@@ -49,6 +51,7 @@ def test_allowed_origins_default_to_the_frontend_origin() -> None:
         ({"JWT_SECRET": "s", "SHOP_CURRENCY": "dollars"}, "SHOP_CURRENCY"),
         ({"JWT_SECRET": "s", "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"JWT_SECRET": "s", "SUCCESS_PAGE": "perhaps"}, "SUCCESS_PAGE"),
+        ({"JWT_SECRET": "s", "AUTOMATIC_TAX": "sometimes"}, "AUTOMATIC_TAX"),
         (
             {"JWT_SECRET": "s", "PROMETHEUS_MULTIPROC_DIR": "/nonexistent/metrics"},
             "PROMETHEUS_MULTIPROC_DIR",

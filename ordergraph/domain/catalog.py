@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
@@ -15,6 +16,8 @@ MAX_AMOUNT = 2**31 - 1
 # One million in major units: a typo guard, not a business rule; never above MAX_AMOUNT.
 MAX_PRICE = min(100_000_000, MAX_AMOUNT)
 MAX_STOCK = 10_000_000
+# Stripe Tax's product tax codes: txcd_ and eight digits.
+TAX_CODE = re.compile(r"^txcd_[0-9]{8}$")
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class ProductDraft:
     description: str
     price: int
     stock: int
+    tax_code: str | None = None
 
 
 def _validate(draft: ProductDraft) -> None:
@@ -38,6 +42,8 @@ def _validate(draft: ProductDraft) -> None:
         problems.append(("price", f"Price must be between 0 and {MAX_PRICE} minor units"))
     if not 0 <= draft.stock <= MAX_STOCK:
         problems.append(("stock", f"Stock must be between 0 and {MAX_STOCK}"))
+    if draft.tax_code is not None and not TAX_CODE.match(draft.tax_code):
+        problems.append(("taxCode", "A tax code is txcd_ and eight digits"))
     for name in ("sku", "name", "description"):
         if "\x00" in getattr(draft, name):
             problems.append((name, "Text cannot contain NUL characters"))
@@ -56,6 +62,7 @@ async def upsert_product(draft: ProductDraft) -> Product:
         "price": draft.price,
         "stock": draft.stock,
         "active": True,
+        "tax_code": draft.tax_code,
     }
     product, created = await Product.get_or_create(sku=draft.sku.strip(), defaults=values)
     if not created:

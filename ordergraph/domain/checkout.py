@@ -23,6 +23,7 @@ from ordergraph.domain.catalog import MAX_AMOUNT
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
 from ordergraph.domain.inventory import reserve_stock
 from ordergraph.domain.order_state import change_order, lock_order
+from ordergraph.domain.shipping import checkout_offer, offered_options
 from ordergraph.models import (
     CartItem,
     Order,
@@ -30,6 +31,7 @@ from ordergraph.models import (
     OrderStatus,
     OrderStatusChange,
     PaymentStatus,
+    Product,
 )
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import (
@@ -135,6 +137,11 @@ async def place_order(
                 "paid in one order"
             )
         now = datetime.now(UTC)
+        offer = await checkout_offer(total, settings)
+        tax_codes: dict[str, str | None] = {}
+        if offer["automatic_tax"]:
+            rows = await Product.filter(id__in=list(quantities)).values_list("id", "tax_code")
+            tax_codes = {str(pid): code for pid, code in rows}
         order = await Order.create(
             user_id=user_id,
             status=OrderStatus.PENDING_PAYMENT,
@@ -144,6 +151,7 @@ async def place_order(
             total=total,
             email=email or None,
             expires_at=now + checkout_ttl(settings),
+            checkout_options=offer,
         )
         items = [
             OrderItem(
@@ -152,6 +160,7 @@ async def place_order(
                 product_name=products[pid].name,
                 unit_price=products[pid].price,
                 quantity=qty,
+                tax_code=tax_codes.get(pid),
             )
             for pid, qty in quantities.items()
         ]
@@ -194,16 +203,29 @@ def session_request(
 ) -> CheckoutSessionRequest:
     """The Checkout Session an order asks Stripe for, built from the order alone, so that the
     sweeper can send the very same request again (same idempotency key, same parameters) to
-    learn what became of a checkout that a crash cut short."""
+    learn what became of a checkout that a crash cut short. What varies with the shop (its
+    shipping rates, whether a promotion code is active, AUTOMATIC_TAX, a product's tax code) is
+    read from what the checkout stored on the order (`checkout_options`, `OrderItem.tax_code`),
+    never from the shop as it is now."""
     assert order.expires_at is not None
+    offer = order.checkout_options or {}
+    automatic_tax = bool(offer.get("automatic_tax"))
     return CheckoutSessionRequest(
         order_id=str(order.id),
         user_id=order.user_id,
         currency=order.currency,
-        lines=[SessionLine(i.product_name, i.unit_price, i.quantity) for i in items],
+        lines=[
+            SessionLine(
+                i.product_name, i.unit_price, i.quantity, i.tax_code if automatic_tax else None
+            )
+            for i in items
+        ],
         return_url=return_url(settings, str(order.id)),
         expires_at=order.expires_at,
         customer_email=order.email or None,
+        shipping_options=offered_options(offer),
+        allow_promotion_codes=bool(offer.get("allow_promotion_codes")),
+        automatic_tax=automatic_tax,
     )
 
 

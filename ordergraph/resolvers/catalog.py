@@ -71,6 +71,7 @@ async def upsert_product(info: Info, input: ProductInput) -> ProductPayload:
                 description=input.description or "",
                 price=input.price,
                 stock=input.stock,
+                tax_code=input.tax_code,
             )
         )
         return ProductPayload(product=Product.from_model(row, info.context.settings.shop_currency))

@@ -45,6 +45,10 @@ class Product:
     description: str
     price: Money
     stock: int = strawberry.field(description="Units that can still be reserved.")
+    tax_code: str | None = strawberry.field(
+        default=None,
+        description="Stripe Tax product tax code (txcd_...), used when automatic tax is on.",
+    )
 
     @classmethod
     def from_model(cls, product: models.Product, currency: str) -> Product:
@@ -55,6 +59,7 @@ class Product:
             description=product.description,
             price=Money(amount=product.price, currency=currency),
             stock=product.stock,
+            tax_code=product.tax_code,
         )
 
 
@@ -332,6 +337,7 @@ class ProductInput:
     description: str | None = ""
     price: int
     stock: int
+    tax_code: str | None = None
 
 
 @strawberry.type

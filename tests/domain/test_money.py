@@ -1,21 +1,23 @@
 """An order's money as Stripe charged it: a promotion code, a shipping rate, automatic tax.
 
-Through the public API and the emulator's signed webhooks. The service does not yet ask for
-shipping options, promotion codes or automatic tax when it creates a session, so these tests
-switch them on in the emulator's stored session (`_offer`), as a session created with
-`shipping_options`, `allow_promotion_codes=true` and `automatic_tax[enabled]=true` holds them.
+Through the public API and the emulator's signed webhooks: staff create the codes and rates
+(`createPromotionCode`, `upsertShippingRate`), the service offers them on the session, and
+automatic tax comes from a service started with AUTOMATIC_TAX=true.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from typing import Any
 
-import stripe
+import pytest
 
-from ordergraph.models import Order, PaymentDiscrepancy, Product
-from tests.conftest import Harness, Mailbox
+from ordergraph.models import Order, PaymentDiscrepancy, Product, PromotionCode
+from ordergraph.stripe_emulator import StripeEmulator
+from tests.conftest import Harness, Mailbox, SmtpServer
 from tests.utils.helpers import checked_out_order, make_product, stock_of
+from tests.utils.shop import create_code, offered_rate, taxed_service, upsert_rate
 
 MONEY = "amount currency"
 ORDER = """query($id: ID!) { order(id: $id) {
@@ -34,55 +36,33 @@ ADDRESSES = {
 }
 
 
-def _client(app: Harness) -> stripe.StripeClient:
-    return stripe.StripeClient(
-        "sk_test_ordergraph", base_addresses={"api": app.settings.stripe_api_base or ""}
-    )
+@pytest.fixture(scope="module")
+async def taxing(
+    harness: Harness,
+    database_url: str,
+    stripe_server: tuple[StripeEmulator, str],
+    smtp: SmtpServer,
+) -> AsyncIterator[Harness]:
+    async with taxed_service(harness, database_url, stripe_server, smtp, "money-tax") as served:
+        yield served
+
+
+@pytest.fixture
+async def taxed(taxing: Harness, app: Harness) -> Harness:
+    """The AUTOMATIC_TAX service over an emptied database (the `app` fixture empties it)."""
+    return taxing
 
 
 async def _promotion_code(app: Harness, code: str, percent_off: int = 20) -> str:
-    client = _client(app)
-    coupon = await client.v1.coupons.create_async(
-        params={"percent_off": percent_off, "duration": "once"}
-    )
-    promo = await client.v1.promotion_codes.create_async(
-        params={"promotion": {"type": "coupon", "coupon": coupon.id}, "code": code}
-    )
-    return promo.id
+    made = await create_code(app, code=code, percentOff=percent_off)
+    assert made["userErrors"] == [], made
+    row = await PromotionCode.get(id=int(made["promotionCode"]["id"]))
+    return row.stripe_promotion_code_id
 
 
-async def _shipping_rate(app: Harness, name: str, amount: int) -> str:
-    rate = await _client(app).v1.shipping_rates.create_async(
-        params={
-            "display_name": name,
-            "type": "fixed_amount",
-            "fixed_amount": {"amount": amount, "currency": "usd"},
-            "tax_behavior": "exclusive",
-        }
-    )
-    return rate.id
-
-
-def _offer(
-    app: Harness, session_id: str, *, rates: tuple[str, ...] = (), tax: bool = False
-) -> None:
-    """By hand, what the session would hold had the service asked for these features."""
-    session = app.emulator.sessions[session_id]
-    session["allow_promotion_codes"] = True
-    session["shipping_options"] = [
-        {
-            "shipping_amount": app.emulator.shipping_rates[r]["fixed_amount"]["amount"],
-            "shipping_rate": r,
-        }
-        for r in rates
-    ]
-    if tax:
-        session["automatic_tax"] = {
-            "enabled": True,
-            "liability": {"type": "self"},
-            "provider": "stripe",
-            "status": "requires_location_inputs",
-        }
+async def _shipping_rate(app: Harness, name: str, amount: int) -> None:
+    made = await upsert_rate(app, name=name, amount=amount)
+    assert made["userErrors"] == [], made
 
 
 async def _placed(app: Harness, user: str, sku: str = "TEE") -> tuple[Product, str, str]:
@@ -113,10 +93,11 @@ def _receipt(messages: list[EmailMessage], order_id: str) -> str:
     return str(body.get_content())
 
 
-async def test_code_rate_and_tax_in_two_countries(app: Harness, mailbox: Mailbox) -> None:
+async def test_code_rate_and_tax_in_two_countries(taxed: Harness, mailbox: Mailbox) -> None:
+    app = taxed
     promo_id = await _promotion_code(app, "SAVE20")
-    express = await _shipping_rate(app, "Express", 1500)
-    standard = await _shipping_rate(app, "Standard", 500)
+    await _shipping_rate(app, "Express", 1500)
+    await _shipping_rate(app, "Standard", 500)
     # Emulator defaults, said here: 19 % in Germany, 20 % in France.
     app.emulator.set_tax_rates({"US": 0, "DE": 1900, "FR": 2000, "GB": 2000})
     # Lines 2 x 2500 = 5000; 20 % off: 1000; Express 1500 (exclusive tax, never discounted).
@@ -125,10 +106,12 @@ async def test_code_rate_and_tax_in_two_countries(app: Harness, mailbox: Mailbox
     orders = {}
     for country, user in (("DE", "anna"), ("FR", "louis")):
         _, order_id, session_id = await _placed(app, user, sku=f"TEE-{country}")
-        _offer(app, session_id, rates=(standard, express), tax=True)
+        session = app.emulator.sessions[session_id]
+        assert session["allow_promotion_codes"] is True
+        assert session["automatic_tax"]["enabled"] is True
         delivery = await app.emulator.complete_session(
             session_id,
-            shipping_rate=express,
+            shipping_rate=offered_rate(app, session_id, "Express"),
             promotion_code="save20",
             country=country,
             shipping={"name": user, "address": {**ADDRESSES[country], "country": country}},
@@ -207,7 +190,6 @@ async def test_a_refund_after_a_discount_refunds_what_was_charged(
 ) -> None:
     await _promotion_code(app, "SAVE20")
     product, order_id, session_id = await _placed(app, "alice")
-    _offer(app, session_id)
     delivery = await app.emulator.complete_session(session_id, promotion_code="SAVE20")
     assert delivery.status_code == 200, delivery.body
     pi = app.emulator.sessions[session_id]["payment_intent"]

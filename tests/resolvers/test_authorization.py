@@ -33,6 +33,8 @@ from ordergraph.models import (
     OutboxStatus,
     PaymentDiscrepancy,
     Product,
+    PromotionCode,
+    ShippingRate,
     User,
 )
 from ordergraph.schema import build_schema
@@ -70,6 +72,7 @@ class World:
     session_id: str
     dead_mail_id: int
     access_token: str
+    promo_id: str = ""
 
     def token(self, role: str) -> str | None:
         if role in TOKENLESS:
@@ -96,6 +99,10 @@ SHIP = """mutation($o: ID!) {
     order { id status trackingNumber } userErrors { code message }
   }
 }"""
+
+
+CREATE_CODE = """mutation { createPromotionCode(input: {code: "%s", percentOff: 10}) {
+  promotionCode { id code percentOff active timesRedeemed } userErrors { code message } } }"""
 
 
 async def build_world(app: Harness, stage: str) -> World:
@@ -149,7 +156,17 @@ async def build_world(app: Harness, stage: str) -> World:
     )
     access_token = body["data"]["order"]["accessToken"]
     assert access_token, body
-    return World(app, tee, mug, order_id, session_id, dead.id, access_token)
+    # What the shop offers (after the order, whose session is as before): a rate, an archived
+    # one, a promotion code at Stripe.
+    await ShippingRate.create(name="Standard", amount=500)
+    await ShippingRate.create(name="Archived", amount=900, active=False)
+    body = await app.gql(CREATE_CODE % "MATRIX10", token=staff)
+    promo = body["data"]["createPromotionCode"]
+    assert promo["userErrors"] == [], body
+    await app.emulator.drain()
+    return World(
+        app, tee, mug, order_id, session_id, dead.id, access_token, promo["promotionCode"]["id"]
+    )
 
 
 Effect = Callable[[World, str, Any], Awaitable[None]]
@@ -335,6 +352,36 @@ async def _lists_discrepancies(world: World, role: str, answer: Any) -> None:
     assert answer == [{"kind": "NOT_PAID_AT_STRIPE", "orderId": world.order_id, "resolvedAt": None}]
 
 
+async def _lists_rates(world: World, role: str, answer: Any) -> None:
+    expected = [{"name": "Standard", "active": True}]
+    if role == "staff":
+        expected.append({"name": "Archived", "active": False})
+    assert answer == expected
+
+
+async def _lists_codes(world: World, role: str, answer: Any) -> None:
+    assert answer == [{"id": world.promo_id, "code": "MATRIX10", "timesRedeemed": 0}]
+
+
+async def _rate_upserted(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == [], answer
+    assert answer["shippingRate"]["name"] == "Express"
+    assert await ShippingRate.filter(name="Express", amount=1500).count() == 1
+
+
+async def _code_created(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == [], answer
+    row = await PromotionCode.get(code="NEW20")
+    assert world.app.emulator.promotion_codes[row.stripe_promotion_code_id]["code"] == "NEW20"
+
+
+async def _code_deactivated(world: World, role: str, answer: Any) -> None:
+    assert answer == {"promotionCode": {"id": world.promo_id, "active": False}, "userErrors": []}
+    row = await PromotionCode.get(id=int(world.promo_id))
+    assert not row.active
+    assert not world.app.emulator.promotion_codes[row.stripe_promotion_code_id]["active"]
+
+
 async def _mail_retried(world: World, role: str, answer: Any) -> None:
     assert answer["userErrors"] == []
     assert answer["email"] == {"id": str(world.dead_mail_id), "status": "PENDING"}
@@ -422,6 +469,18 @@ OPERATIONS: dict[str, Operation] = {
         _roles(UNAUTHENTICATED, FORBIDDEN_ERROR, FORBIDDEN_ERROR, ALLOWED),
         _lists_discrepancies,
     ),
+    "shippingRates": Operation(
+        "query",
+        "{ shippingRates { name active } }",
+        _roles(ALLOWED, ALLOWED, ALLOWED, ALLOWED, ALLOWED, ALLOWED),
+        _lists_rates,
+    ),
+    "promotionCodes": Operation(
+        "query",
+        "{ promotionCodes { id code timesRedeemed } }",
+        _roles(UNAUTHENTICATED, FORBIDDEN_ERROR, FORBIDDEN_ERROR, ALLOWED),
+        _lists_codes,
+    ),
     # Mutations on the caller's own cart
     "addToCart": Operation(
         "mutation",
@@ -489,6 +548,27 @@ OPERATIONS: dict[str, Operation] = {
              product { id sku stock } userErrors { code message } } }""",
         _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
         _upserted,
+    ),
+    "upsertShippingRate": Operation(
+        "mutation",
+        """mutation { upsertShippingRate(input: {name: "Express", amount: 1500}) {
+             shippingRate { id name } userErrors { code message } } }""",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _rate_upserted,
+    ),
+    "createPromotionCode": Operation(
+        "mutation",
+        CREATE_CODE % "NEW20",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _code_created,
+    ),
+    "setPromotionCodeActive": Operation(
+        "mutation",
+        """mutation($c: ID!) { setPromotionCodeActive(id: $c, active: false) {
+             promotionCode { id active } userErrors { code message } } }""",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _code_deactivated,
+        variables=lambda world: {"c": world.promo_id},
     ),
     "markOrderAwaitingShipment": Operation(
         "mutation",

@@ -18,6 +18,8 @@ from ordergraph.models import (
     PaymentTracker,
     ProcessedStripeEvent,
     Product,
+    PromotionCode,
+    ShippingRate,
     User,
 )
 from ordergraph.stripe_emulator import StripeEmulator
@@ -55,7 +57,7 @@ async def snapshot(emulator: StripeEmulator | None = None) -> dict[str, Any]:
             for c in await OrderStatusChange.all()
         ),
         "products": sorted(
-            (p.sku, str(p.id), p.name, p.description, p.price, p.stock, p.active)
+            (p.sku, str(p.id), p.name, p.description, p.price, p.stock, p.active, p.tax_code)
             for p in await Product.all()
         ),
         "carts": sorted((c.user_id, str(c.product_id), c.quantity) for c in await CartItem.all()),
@@ -66,6 +68,21 @@ async def snapshot(emulator: StripeEmulator | None = None) -> dict[str, Any]:
         "outbox": sorted(e.dedupe_key for e in await OutboxEmail.all()),
         "guest_sessions": sorted(
             (g.client_address, g.user_id, g.email) for g in await GuestSession.all()
+        ),
+        "shipping_rates": sorted(
+            (
+                r.id,
+                r.name,
+                r.amount,
+                r.free_from,
+                r.min_delivery_days,
+                r.max_delivery_days,
+                r.active,
+            )
+            for r in await ShippingRate.all()
+        ),
+        "promotion_codes": sorted(
+            (c.code, c.active, c.stripe_promotion_code_id) for c in await PromotionCode.all()
         ),
         "discrepancies": sorted(d.dedupe_key for d in await PaymentDiscrepancy.all()),
         # Live mail changes state as the sender works; a dead one only when someone acts.
