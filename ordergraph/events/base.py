@@ -40,7 +40,7 @@ class OrderEvent:
         """The event in a transport message, or None for a message that is not one of ours."""
         text = payload.decode(errors="replace") if isinstance(payload, bytes) else payload
         order_id, _, version = text.rpartition(":")
-        if not order_id or not version.isdigit():
+        if not order_id or not (version.isascii() and version.isdigit()):
             return None
         return cls(order_id, int(version))
 

@@ -3,6 +3,8 @@ promotion codes (staff only)."""
 
 from __future__ import annotations
 
+import re
+
 import strawberry
 
 from ordergraph.domain import promotions, shipping
@@ -31,7 +33,7 @@ STRIPE_SAID_NO = UserError.from_problem(
 
 def _int_id(value: str | None) -> int | None:
     """A row id from the API's ID, or None when it cannot be one (answered as NOT_FOUND)."""
-    if value is None or not value.isdigit() or len(value) > 12:
+    if value is None or not re.fullmatch(r"[0-9]{1,12}", value):
         return None
     return int(value)
 

@@ -56,7 +56,7 @@ def _listify(node: JsonDict) -> JsonDict:
 def _listify_value(value: Any) -> Any:
     if not isinstance(value, dict):
         return value
-    if value and all(k.isdigit() for k in value):
+    if value and all(k.isascii() and k.isdigit() for k in value):
         return [_listify_value(value[k]) for k in sorted(value, key=int)]
     return _listify(value)
 

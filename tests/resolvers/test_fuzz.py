@@ -333,6 +333,17 @@ EDGES: dict[str, tuple[str, str, dict[str, Any]]] = {
         "mutation($m: ID!) { retryEmail(id: $m) { email { id } userErrors { code } } }",
         {"m": "99999999999999999999"},
     ),
+    "setPromotionCodeActive with a superscript digit as id": (
+        "staff",
+        """mutation { setPromotionCodeActive(id: "\u00b2", active: false)
+             { promotionCode { id } userErrors { code } } }""",
+        {},
+    ),
+    "retryEmail with a superscript digit as id": (
+        "staff",
+        "mutation($m: ID!) { retryEmail(id: $m) { email { id } userErrors { code } } }",
+        {"m": "\u00b2"},
+    ),
     "retryDeadEmails twice in one operation": (
         "staff",
         """mutation { a: retryDeadEmails { retried userErrors { code } }
