@@ -329,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve, parser=serve)
 
     demo = verb(
-        "demo", "run one whole purchase against a throwaway local stack and print its timeline"
+        "demo",
+        "run two whole purchases (a shopper's; a guest's with shipping, a promotion code and "
+        "tax) against a throwaway local stack and print their timeline",
     )
     demo.set_defaults(func=cmd_demo)
 

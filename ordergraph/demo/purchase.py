@@ -1,4 +1,7 @@
-"""`ordergraph demo`: one whole purchase, made as a client makes it, with its timeline.
+"""`ordergraph demo`: two whole purchases, made as clients make them, with their timeline.
+
+A shopper's, followed to delivery (below), then a guest's with a shipping rate, a promotion
+code and automatic tax (`ordergraph.demo.guest`; the stack runs with automatic tax on).
 
 It starts the demo stack (SQLite in a fresh temporary directory, in-memory events, the Stripe
 emulator, an SMTP sink) on free loopback ports, then talks to it only as the outside world
@@ -16,9 +19,8 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 
@@ -28,6 +30,7 @@ import websockets
 from ordergraph.app import create_app
 from ordergraph.auth import issue_token
 from ordergraph.db import apply_migrations
+from ordergraph.demo.guest import figures, guest_purchase
 from ordergraph.demo.stack import (
     bound_port,
     loopback_socket,
@@ -35,10 +38,18 @@ from ordergraph.demo.stack import (
     start_mail_sink,
     uvicorn_server,
 )
+from ordergraph.demo.steps import (
+    WAIT_SECONDS,
+    Client,
+    Stack,
+    StepFailed,
+    Timeline,
+    money,
+    next_mail,
+)
 from ordergraph.settings import Settings
 from ordergraph.stripe_emulator import StripeEmulator
 
-WAIT_SECONDS = 10.0
 SHOPPER_EMAIL = "shopper@example.com"
 
 ORDER_FIELDS = """
@@ -60,24 +71,6 @@ STAFF_ACTIONS = [
 ]
 STAFF_ACTION = """mutation($id: ID!) { %s(orderId: $id%s) {
   order { status paymentStatus } userErrors { code message } } }"""
-
-
-class StepFailed(Exception):
-    """What went wrong in a step, in words for the person running the demo."""
-
-
-def money(amount: int, currency: str) -> str:
-    return f"{amount / 100:,.2f} {currency}"
-
-
-@dataclass
-class Stack:
-    """The service and what stands around it, as a client sees them."""
-
-    url: str
-    emulator_url: str
-    settings: Settings
-    mail: asyncio.Queue[tuple[float, EmailMessage]]  # each with when it arrived
 
 
 @asynccontextmanager
@@ -105,6 +98,7 @@ async def demo_stack() -> AsyncIterator[Stack]:
             allowed_origins=(url,),
             success_page=True,
             checkout_rate_per_minute=0,
+            automatic_tax=True,  # the guest's purchase is taxed (the shopper's, in the US, is not)
         )
         await apply_migrations(settings.database_url)
         await seed_catalogue(settings)
@@ -125,30 +119,6 @@ async def demo_stack() -> AsyncIterator[Stack]:
 async def _stop(server: Any, task: asyncio.Task[None]) -> None:
     server.should_exit = True
     await task
-
-
-class Client:
-    """GraphQL over HTTP with a bearer token, as a shop's frontend or back office calls it."""
-
-    def __init__(self, http: httpx.AsyncClient, url: str, token: str) -> None:
-        self.http, self.url, self.token = http, url, token
-
-    async def __call__(self, query: str, variables: dict[str, Any] | None = None) -> Any:
-        response = await self.http.post(
-            f"{self.url}/graphql",
-            json={"query": query, "variables": variables or {}},
-            headers={"Authorization": f"Bearer {self.token}"},
-        )
-        if response.status_code != 200:
-            raise StepFailed(f"HTTP {response.status_code}: {response.text[:300]}")
-        body = response.json()
-        if body.get("errors"):
-            raise StepFailed(f"GraphQL errors: {body['errors']}")
-        data = body["data"]
-        for payload in data.values():
-            if isinstance(payload, dict) and payload.get("userErrors"):
-                raise StepFailed(f"userErrors: {payload['userErrors']}")
-        return data
 
 
 class Follower:
@@ -219,39 +189,6 @@ class Follower:
         self.reader.cancel()
         await asyncio.gather(self.reader, return_exceptions=True)
         await self.socket.close()
-
-
-class Timeline:
-    """Prints each step as it ends: time since start, what happened, how long it took."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.steps = 0
-        self.status = "-"
-
-    async def step(self, title: str, action: Callable[[], Awaitable[str]]) -> None:
-        self.steps += 1
-        began = time.perf_counter()
-        try:
-            detail = await action()
-        except StepFailed as exc:
-            self.line(began, f"{title}: FAILED")
-            raise StepFailed(f"step {self.steps} ({title}): {exc}") from None
-        except Exception as exc:
-            self.line(began, f"{title}: FAILED")
-            raise StepFailed(f"step {self.steps} ({title}): {type(exc).__name__}: {exc}") from exc
-        self.line(began, f"{title}: {detail}")
-
-    def line(self, began: float, text: str) -> None:
-        now = time.perf_counter()
-        print(
-            f"{now - self.started:7.3f}s  {self.steps:>2}  {(now - began) * 1000:8.1f} ms  "
-            f"{self.status:<24}  {text}",
-            flush=True,
-        )
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
 
 
 async def purchase(stack: Stack, timeline: Timeline) -> dict[str, Any]:
@@ -376,24 +313,18 @@ async def purchase(stack: Stack, timeline: Timeline) -> dict[str, Any]:
             return f"history {path}"
 
         await timeline.step("read the order", final_read)
-    return {**summary, **state, "elapsed": timeline.elapsed()}
+    return {**summary, **state, "staff_token": staff_token}
 
 
 async def _next_mail(stack: Stack, subject_has: str = "") -> tuple[float, EmailMessage]:
     """The next mail the sink received, and when; it must be the shopper's."""
-    try:
-        arrived, message = await asyncio.wait_for(stack.mail.get(), WAIT_SECONDS)
-    except TimeoutError:
-        raise StepFailed(f"no mail arrived in {WAIT_SECONDS:.0f} s") from None
-    if message["To"] != SHOPPER_EMAIL or subject_has not in message["Subject"]:
-        raise StepFailed(f"unexpected mail to {message['To']}: {message['Subject']!r}")
-    return arrived, message
+    return await next_mail(stack, SHOPPER_EMAIL, subject_has)
 
 
 async def run_purchase_demo() -> int:
     """The whole demo; the process's exit status."""
     print(
-        "ordergraph demo: one purchase, made as a client makes it\n"
+        "ordergraph demo: two purchases, made as clients make them\n"
         "(SQLite in a temporary directory, in-memory events, the Stripe emulator, an SMTP sink)\n"
     )
     print(f"{'at':>8}  {'#':>2}  {'took':>11}  {'order status/payment':<24}  step")
@@ -406,18 +337,22 @@ async def run_purchase_demo() -> int:
                 raise StepFailed(f"step 0 (start the stack): {type(exc).__name__}: {exc}") from exc
             timeline.line(timeline.started, f"stack up: GraphQL at {stack.url}/graphql")
             result = await purchase(stack, timeline)
+            guest = await guest_purchase(stack, timeline, result["staff_token"])
     except StepFailed as exc:
         print(f"\ndemo FAILED after {timeline.elapsed():.2f} s at {exc}", file=sys.stderr)
         return 1
     final = result["final"]
     print(
-        f"\ndemo passed: {timeline.steps} steps in {result['elapsed']:.2f} s\n"
+        f"\ndemo passed: {timeline.steps} steps in {timeline.elapsed():.2f} s\n"
         f"  order        {final['id']}: {final['status']}/{final['paymentStatus']}, "
         f"{result['total']}\n"
         f"  lines        "
         + "; ".join(f"{line['quantity']} x {line['productName']}" for line in final["lines"])
         + f"\n  live         {len(result['live'])} messages: {' -> '.join(result['live'])}\n"
         f"  mail         {len(result['mail'])} received: {'; '.join(result['mail'])}\n"
-        f"  tracking     {final['carrier']} {final['trackingNumber']}"
+        f"  tracking     {final['carrier']} {final['trackingNumber']}\n"
+        f"  guest order  {guest['final']['id']}: {guest['final']['status']}/"
+        f"{guest['final']['paymentStatus']}, {guest['final']['email']}\n"
+        f"  guest money  {figures(guest['final'])}; Stripe charged {guest['charged_text']}"
     )
     return 0

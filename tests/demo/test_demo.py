@@ -34,7 +34,7 @@ def test_demo_completes_a_purchase_and_a_second_run_works_too() -> None:
         done = demo()
         assert done.returncode == 0, done.stdout + done.stderr
         out = done.stdout
-        assert "demo passed: 12 steps" in out, out
+        assert "demo passed: 19 steps" in out, out
         assert LIVE in out
         assert re.search(
             r"mail +4 received: Your receipt for order \w+; .* is being packed; "
@@ -46,6 +46,34 @@ def test_demo_completes_a_purchase_and_a_second_run_works_too() -> None:
         order = re.search(r"order +([0-9a-f-]{36}): DELIVERED/PAID", out)
         assert order, out
         orders.append(order.group(1))
+        # The guest's purchase: Express (15.00), DEMO20 (20 % off), taxed in Germany (19 %).
+        charged = re.search(r"charged ([\d.]+) USD", out)
+        assert charged, out
+        total = charged.group(1)
+        assert re.search(
+            r"guest: receipt read from the SMTP sink: to guest@example\.com: "
+            r"Subtotal: ([\d.]+) USD; Discount \(DEMO20\): -[\d.]+ USD; "
+            rf"Shipping \(Express\): 15\.00 USD; Tax: [\d.]+ USD; Total paid: {total} USD",
+            out,
+        ), out
+        assert re.search(
+            r"read the order with the receipt's access token: no bearer token; "
+            rf"subtotal [\d.]+ USD, .*total {total} USD",
+            out,
+        ), out
+        guest = re.search(r"guest order +([0-9a-f-]{36}): PAYMENT_CONFIRMED/PAID, guest@", out)
+        assert guest, out
+        money = re.search(
+            r"guest money +subtotal ([\d.]+) USD, discount \(DEMO20\) -([\d.]+) USD, "
+            r"shipping \(Express\) 15\.00 USD, tax ([\d.]+) USD, total ([\d.]+) USD; "
+            rf"Stripe charged {total} USD",
+            out,
+        )
+        assert money, out
+        subtotal, discount, tax, paid = (round(float(x) * 100) for x in money.groups())
+        assert discount == round(subtotal * 0.20)  # 20 % off the lines
+        assert tax == round((subtotal - discount) * 0.19) + round(1500 * 0.19)  # DE, 19 %
+        assert paid == subtotal - discount + 1500 + tax
     assert orders[0] != orders[1]
 
 

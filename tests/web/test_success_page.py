@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +33,10 @@ from playwright.async_api import (
 
 from ordergraph.models import Order
 from ordergraph.stripe_emulator import StripeEmulator
-from tests.conftest import IN_CI, OUTPUT_DIR, Harness, SmtpServer, service_env
+from tests.conftest import IN_CI, OUTPUT_DIR, Harness, Mailbox, SmtpServer, service_env
 from tests.utils.helpers import checked_out_order, make_product
 from tests.utils.live import ServerProcess, unique
+from tests.utils.shop import create_code, offered_rate, upsert_rate
 
 CHROMIUM = Path("/usr/bin/chromium")
 # No internet here: without these Chromium keeps trying to reach Google's services.
@@ -71,18 +74,22 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
         await chromium_browser.close()
 
 
-@pytest.fixture(scope="module")
-async def shop(
-    harness: Harness,
-    database_url: str,
-    stripe_server: tuple[StripeEmulator, str],
-    smtp: SmtpServer,
+@asynccontextmanager
+async def _page_server(
+    database_url: str, emulator_url: str, smtp: SmtpServer, name: str, **env: str
 ) -> AsyncIterator[ServerProcess]:
     """The service with the success page on, serving the page from its own origin."""
-    env = service_env(
-        database_url, stripe_server[1], smtp.port, SUCCESS_PAGE="true", SWEEP_INTERVAL_SECONDS="0"
+    process = ServerProcess(
+        service_env(
+            database_url,
+            emulator_url,
+            smtp.port,
+            SUCCESS_PAGE="true",
+            SWEEP_INTERVAL_SECONDS="0",
+            **env,
+        ),
+        name,
     )
-    process = ServerProcess(env, "success-page")
     # The port is known only now: the page's origin is the process's own address.
     process.env.update(FRONTEND_URL=process.url, ALLOWED_ORIGINS=process.url)
     await process.start()
@@ -90,6 +97,31 @@ async def shop(
         yield process
     finally:
         await process.stop()
+
+
+@pytest.fixture(scope="module")
+async def shop(
+    harness: Harness,
+    database_url: str,
+    stripe_server: tuple[StripeEmulator, str],
+    smtp: SmtpServer,
+) -> AsyncIterator[ServerProcess]:
+    async with _page_server(database_url, stripe_server[1], smtp, "success-page") as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+async def taxed_shop(
+    harness: Harness,
+    database_url: str,
+    stripe_server: tuple[StripeEmulator, str],
+    smtp: SmtpServer,
+) -> AsyncIterator[ServerProcess]:
+    """The same with automatic tax on (`AUTOMATIC_TAX=true`)."""
+    async with _page_server(
+        database_url, stripe_server[1], smtp, "success-page-tax", AUTOMATIC_TAX="true"
+    ) as process:
+        yield process
 
 
 @dataclass
@@ -189,6 +221,8 @@ async def test_the_page_shows_the_payment_as_it_lands_without_a_reload(
             "Payment received — we're preparing your order."
         )
         await expect(page.get_by_test_id("total")).to_have_text("$50.00")
+        for figure in ("subtotal", "discount", "shipping", "tax"):  # the lines say it all
+            await expect(page.get_by_test_id(figure)).to_be_hidden()
         await expect(page.locator("#lines tr")).to_have_text(["Organic cotton tee2$25.00$50.00"])
         address = page.get_by_test_id("shipping-address")
         assert (await address.inner_text()).splitlines() == [
@@ -283,6 +317,80 @@ async def test_a_mails_link_opens_the_order_without_signing_in(
         assert watch.pushed_statuses() == ["PENDING_PAYMENT"], watch.received
         assert watch.sync_calls == 0
         assert watch.problems == []
+    finally:
+        await page.context.close()
+
+
+async def test_a_guests_link_shows_shipping_discount_and_tax(
+    browser: Browser, taxed_shop: ServerProcess, app: Harness, mailbox: Mailbox
+) -> None:
+    """A guest pays with a shipping rate, a promotion code and tax (Germany, 19 %): the
+    receipt's link (?access=..., no bearer token) opens the confirmed order with what Stripe
+    charged, line by line as the receipt says it."""
+    at_shop = dataclasses.replace(app, url=taxed_shop.url)
+    code = unique("save20").upper()
+    assert (await create_code(app, code=code, percentOff=20))["userErrors"] == []
+    for name, amount in (("Standard", 500), ("Express", 1500)):
+        assert (await upsert_rate(app, name=name, amount=amount))["userErrors"] == []
+    app.emulator.set_tax_rates({"US": 0, "DE": 1900, "FR": 2000, "GB": 2000})
+    email = f"{unique('gina')}@example.com"
+    started = await at_shop.gql(
+        "mutation($e: String) { startGuestSession(email: $e) { token } }", {"e": email}
+    )
+    guest = started["data"]["startGuestSession"]["token"]
+    assert guest, started
+    product = await make_product(unique("TEE"), price=2500, name="Organic cotton tee")
+    placed = await checked_out_order(at_shop, guest, product, 2)
+    order = await Order.get(id=placed["orderId"])
+    session_id = order.stripe_checkout_session_id
+    assert session_id is not None
+
+    app.emulator.webhook_url = f"{taxed_shop.url}/webhooks/stripe"
+    try:
+        delivery = await app.emulator.complete_session(
+            session_id,
+            shipping_rate=offered_rate(app, session_id, "Express"),
+            promotion_code=code.lower(),
+            country="DE",
+            shipping={
+                "name": "Gina Guest",
+                "address": {"line1": "Unter den Linden 1", "city": "Berlin",
+                            "postal_code": "10117", "country": "DE"},
+            },
+        )  # fmt: skip
+    finally:
+        app.emulator.webhook_url = f"{app.url}/webhooks/stripe"
+    assert delivery.status_code == 200, delivery.body
+    # 2 x 25.00 = 50.00; 20 % off: 10.00; Express 15.00; tax 19 % of 40.00 and of 15.00.
+    assert app.emulator.sessions[session_id]["amount_total"] == 6545
+
+    [receipt] = [m for m in await mailbox.wait_for(1) if m["X-Envelope-To"] == email]
+    body = receipt.get_body(preferencelist=("plain",))
+    assert body is not None
+    link = re.search(r"/order-success/([0-9a-f-]{36})\?access=([^\s\"<]+)", body.get_content())
+    assert link and link.group(1) == str(order.id), body.get_content()
+
+    page, watch = await _new_page(browser)
+    try:
+        response = await page.goto(f"{taxed_shop.url}{link.group(0)}")
+        assert response is not None and response.status == 200
+        await expect(page.get_by_test_id("status")).to_have_text(
+            "PAYMENT_CONFIRMED", timeout=TIMEOUT_MS
+        )
+        await expect(page.get_by_test_id("payment-status")).to_have_text("PAID")
+        await expect(page.locator("#lines tr")).to_have_text(["Organic cotton tee2$25.00$50.00"])
+        await expect(page.get_by_test_id("subtotal")).to_have_text("$50.00")
+        await expect(page.get_by_test_id("discount-label")).to_have_text(f"Discount ({code})")
+        await expect(page.get_by_test_id("discount")).to_have_text("-$10.00")
+        await expect(page.get_by_test_id("shipping-label")).to_have_text("Shipping (Express)")
+        await expect(page.get_by_test_id("shipping")).to_have_text("$15.00")
+        await expect(page.get_by_test_id("tax")).to_have_text("$10.45")
+        await expect(page.get_by_test_id("total")).to_have_text("$65.45")
+        address = page.get_by_test_id("shipping-address")
+        await expect(address).to_contain_text("Berlin")
+        await expect(page.get_by_test_id("live")).to_have_text("live", timeout=TIMEOUT_MS)
+        assert watch.sync_calls == 0  # no bearer token: the payment is not the page's to sync
+        assert watch.problems == []  # the Content-Security-Policy admitted the page's script
     finally:
         await page.context.close()
 
