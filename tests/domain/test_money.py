@@ -7,17 +7,13 @@ automatic tax comes from a service started with AUTOMATIC_TAX=true.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from typing import Any
 
-import pytest
-
 from ordergraph.models import Order, PaymentDiscrepancy, Product, PromotionCode
-from ordergraph.stripe_emulator import StripeEmulator
-from tests.conftest import Harness, Mailbox, SmtpServer
+from tests.conftest import Harness, Mailbox
 from tests.utils.helpers import checked_out_order, make_product, stock_of
-from tests.utils.shop import create_code, offered_rate, taxed_service, upsert_rate
+from tests.utils.shop import create_code, offered_rate, upsert_rate
 
 MONEY = "amount currency"
 ORDER = """query($id: ID!) { order(id: $id) {
@@ -34,23 +30,6 @@ ADDRESSES = {
     "DE": {"line1": "Unter den Linden 1", "city": "Berlin", "postal_code": "10117"},
     "FR": {"line1": "1 rue de Rivoli", "city": "Paris", "postal_code": "75001"},
 }
-
-
-@pytest.fixture(scope="module")
-async def taxing(
-    harness: Harness,
-    database_url: str,
-    stripe_server: tuple[StripeEmulator, str],
-    smtp: SmtpServer,
-) -> AsyncIterator[Harness]:
-    async with taxed_service(harness, database_url, stripe_server, smtp, "money-tax") as served:
-        yield served
-
-
-@pytest.fixture
-async def taxed(taxing: Harness, app: Harness) -> Harness:
-    """The AUTOMATIC_TAX service over an emptied database (the `app` fixture empties it)."""
-    return taxing
 
 
 async def _promotion_code(app: Harness, code: str, percent_off: int = 20) -> str:

@@ -7,7 +7,6 @@ order (the sweeper's replay, same idempotency key) is the very same whatever sta
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,10 +14,9 @@ import stripe
 
 from ordergraph.domain.checkout import session_request
 from ordergraph.models import Order, OrderItem, Product, PromotionCode, ShippingRate
-from ordergraph.stripe_emulator import StripeEmulator
 from ordergraph.stripe_emulator.errors import EmulatorError
 from ordergraph.stripe_gateway import StripeGateway
-from tests.conftest import Harness, SmtpServer
+from tests.conftest import Harness
 from tests.utils.dbstate import snapshot
 from tests.utils.helpers import checked_out_order, make_product
 from tests.utils.shop import (
@@ -28,7 +26,6 @@ from tests.utils.shop import (
     create_code,
     offered_rate,
     staff,
-    taxed_service,
     upsert_rate,
 )
 
@@ -38,22 +35,6 @@ ORDER = """query($id: ID!) { order(id: $id) {
 } }"""
 UPSERT_PRODUCT = """mutation($input: ProductInput!) { upsertProduct(input: $input) {
   product { id sku taxCode } userErrors { code message field } } }"""
-
-
-@pytest.fixture(scope="module")
-async def taxing(
-    harness: Harness,
-    database_url: str,
-    stripe_server: tuple[StripeEmulator, str],
-    smtp: SmtpServer,
-) -> AsyncIterator[Harness]:
-    async with taxed_service(harness, database_url, stripe_server, smtp, "promo-tax") as served:
-        yield served
-
-
-@pytest.fixture
-async def taxed(taxing: Harness, app: Harness) -> Harness:
-    return taxing
 
 
 def _created_sessions(app: Harness) -> list[dict[str, Any]]:
