@@ -10,7 +10,6 @@ requests see each other's committed lines; a refused change has changed nothing.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 from tortoise.backends.base.client import BaseDBAsyncClient
@@ -19,6 +18,7 @@ from ordergraph.db import is_postgres, transaction
 from ordergraph.db.sql import fetch
 from ordergraph.domain.catalog import MAX_AMOUNT
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
+from ordergraph.domain.ids import parse_uuid
 from ordergraph.models import CartItem, Product
 from ordergraph.settings import Settings
 
@@ -61,10 +61,7 @@ async def lock_shopper(connection: BaseDBAsyncClient, user_id: str) -> None:
 
 
 async def _product(product_id: str) -> Product:
-    try:
-        key = uuid.UUID(product_id)
-    except ValueError:
-        key = None
+    key = parse_uuid(product_id)
     product = await Product.filter(id=key, active=True).first() if key else None
     if product is None:
         raise BusinessError.of(ErrorCode.NOT_FOUND, "No such product", field=("productId",))
@@ -254,12 +251,9 @@ async def set_cart_quantity(
 
 
 async def remove_from_cart(user_id: str, product_id: str) -> None:
-    try:
-        key = uuid.UUID(product_id)
-    except ValueError:
-        raise BusinessError.of(
-            ErrorCode.NOT_FOUND, "No such product", field=("productId",)
-        ) from None
+    key = parse_uuid(product_id)
+    if key is None:
+        raise BusinessError.of(ErrorCode.NOT_FOUND, "No such product", field=("productId",))
     await CartItem.filter(user_id=user_id, product_id=key).delete()
 
 

@@ -8,7 +8,6 @@ sweeper reconciling an overdue order.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -17,6 +16,7 @@ from typing import Any, NoReturn
 from ordergraph.db import transaction
 from ordergraph.domain.discrepancies import Discrepancy, already_recorded, record_discrepancy
 from ordergraph.domain.errors import BusinessError, ErrorCode, order_not_found
+from ordergraph.domain.ids import parse_uuid
 from ordergraph.domain.money import amount_problem, money_fields
 from ordergraph.domain.order_state import can_transition, change_order, lock_order
 from ordergraph.mail import messages as emails
@@ -65,20 +65,13 @@ class Discard(Exception):
         self.outcome = outcome
 
 
-def uuid_or_none(raw: object) -> str | None:
-    try:
-        return str(uuid.UUID(str(raw))) if raw else None
-    except ValueError:
-        return None
-
-
 async def _named_order(session: CheckoutSession) -> Order | None:
     """The order the session names, locked; None (logged) when it names none of ours."""
-    order_id = uuid_or_none(session.metadata.get("order_id"))
+    order_id = parse_uuid(session.metadata.get("order_id"))
     if order_id is None:
         log.warning("checkout session %s carries no valid metadata.order_id", session.id)
         return None
-    order = await lock_order(order_id)
+    order = await lock_order(str(order_id))
     if order is None:
         log.warning("checkout session %s names unknown order %s", session.id, order_id)
     return order

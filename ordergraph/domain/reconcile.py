@@ -16,7 +16,8 @@ from datetime import datetime
 
 from ordergraph.domain.discrepancies import LEFT_FOR_STAFF, Discrepancy, record_discrepancy
 from ordergraph.domain.expiry import sweep_overdue_orders
-from ordergraph.domain.payments import Outcome, PaymentServices, settle_session, uuid_or_none
+from ordergraph.domain.ids import parse_uuid
+from ordergraph.domain.payments import Outcome, PaymentServices, settle_session
 from ordergraph.models import Order, PaymentStatus
 from ordergraph.stripe_gateway import CheckoutSession, PaymentProviderError
 
@@ -65,7 +66,7 @@ async def _paid_at_stripe(
     report: Report, session: CheckoutSession, services: PaymentServices
 ) -> None:
     """A session Stripe says is paid: its order must say so too, for the same amount."""
-    order_id = uuid_or_none(session.metadata.get("order_id"))
+    order_id = parse_uuid(session.metadata.get("order_id"))
     order = await Order.filter(id=order_id).first() if order_id else None
     if order is None:
         detail = f"session {session.id} is paid ({session.amount_total} {session.currency}) "

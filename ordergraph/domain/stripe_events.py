@@ -15,6 +15,7 @@ from typing import Any
 from tortoise.exceptions import IntegrityError
 
 from ordergraph.db import transaction
+from ordergraph.domain.ids import parse_uuid
 from ordergraph.domain.order_state import can_transition, change_order, lock_order
 from ordergraph.domain.payments import (
     Discard,
@@ -26,7 +27,6 @@ from ordergraph.domain.payments import (
     confirm_checkout,
     fail_payment,
     order_of_session,
-    uuid_or_none,
 )
 from ordergraph.mail import messages as emails
 from ordergraph.models import Order, OrderStatus, PaymentStatus, ProcessedStripeEvent
@@ -82,7 +82,7 @@ async def _order_of_payment(record: PaymentRecord, services: PaymentServices) ->
                 raise RetryLater(f"payment intent {record.payment_intent_id} unknown") from exc
             record = intent
     if order is None:
-        order_id = uuid_or_none(record.order_id)
+        order_id = parse_uuid(record.order_id)
         if order_id is None:
             raise Discard(Outcome.IGNORED)
         order = await Order.filter(id=order_id).first()

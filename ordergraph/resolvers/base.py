@@ -6,7 +6,6 @@ use a staff-only query) gets a GraphQL error whose `extensions.code` says so.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
@@ -49,13 +48,6 @@ def page_size(first: int | None, default: int) -> int:
     if not 0 <= size <= MAX_PAGE:
         raise graphql_error(ErrorCode.INVALID_INPUT, f"first must be between 0 and {MAX_PAGE}")
     return size
-
-
-def parse_uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
 
 
 PROVIDER_DOWN = Problem(

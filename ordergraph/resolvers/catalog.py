@@ -6,12 +6,12 @@ import strawberry
 
 from ordergraph.domain import catalog as catalog_domain
 from ordergraph.domain.errors import ErrorCode
+from ordergraph.domain.ids import parse_uuid
 from ordergraph.models import Product as ProductModel
 from ordergraph.resolvers.base import (
     forbidden,
     graphql_error,
     page_size,
-    parse_uuid,
     payload,
     require_user,
 )

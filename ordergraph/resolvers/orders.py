@@ -13,13 +13,13 @@ from ordergraph import logs
 from ordergraph.auth import order_id_from_access_token
 from ordergraph.domain import expiry, fulfilment, payments
 from ordergraph.domain.errors import ErrorCode, order_not_found
+from ordergraph.domain.ids import parse_uuid
 from ordergraph.models import Order as OrderModel
 from ordergraph.models import OrderStatus
 from ordergraph.resolvers.base import (
     forbidden,
     graphql_error,
     page_size,
-    parse_uuid,
     payload,
     require_staff,
     require_user,
