@@ -239,6 +239,32 @@ async def drive(
     }
 
 
+def pacer(spec: dict[str, Any]) -> Callable[[], Awaitable[None]]:
+    """With `rate` in the spec (operations a second over all virtual users), a user's wait
+    before each call so that the users start `rate` calls a second between them, evenly
+    spread (an open-loop pace, as a shop's traffic arrives); without it, no wait (closed loop:
+    the next call as soon as the last one answered). A user behind its pace does not wait."""
+    rate = spec.get("rate")
+    if not rate:
+
+        async def now() -> None:
+            return None
+
+        return now
+    interval = spec["concurrency"] / float(rate)
+    started = time.perf_counter()
+    count = 0
+
+    async def paced() -> None:
+        nonlocal count
+        count += 1
+        wait = started + count * interval - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    return paced
+
+
 # ------------------------------------------------------------------------- checkout
 
 
@@ -300,8 +326,10 @@ async def run_checkout(spec: dict[str, Any]) -> dict[str, Any]:
             return status == 200 and b'"orderId":"' in answer and b'"userErrors":[]' in answer
 
         async def loop(recorder: Recorder, running: Callable[[], bool]) -> None:
+            pace = pacer(spec)
             async with Caller(url) as caller:
                 while running():
+                    await pace()
                     if await caller.call(request, recorder, placed):
                         await shoppers.refill(user)
 
@@ -489,8 +517,10 @@ async def run_webhook(spec: dict[str, Any]) -> dict[str, Any]:
         return status == 200 and b'"applied"' in answer
 
     async def loop(recorder: Recorder, running: Callable[[], bool]) -> None:
+        pace = pacer(spec)
         async with Caller(url) as caller:
             while running():
+                await pace()
                 if not payloads:
                     recorder.exhausted_at = recorder.exhausted_at or time.perf_counter()
                     return

@@ -2,7 +2,7 @@
 
 GraphQL (`web.graphql_app`), the Stripe webhook (`webhooks`), probes (`web.probes`) and the
 success page are routes; the lifespan opens the database and the event transport and runs the
-mail sender and the sweeper beside the requests.
+mail sender, the outgoing webhook sender and the sweeper beside the requests.
 """
 
 from __future__ import annotations
@@ -24,12 +24,15 @@ from ordergraph.domain.payments import PaymentServices
 from ordergraph.domain.sweeper import Sweeper
 from ordergraph.mail import messages
 from ordergraph.mail.sender import MailSender
+from ordergraph.outgoing_webhooks.sender import WebhookSender
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import StripeGateway
+from ordergraph.web.exports import orders_csv
 from ordergraph.web.graphql_app import GraphQLApp
 from ordergraph.web.limits import BodySizeLimit
 from ordergraph.web.probes import healthz, metrics_endpoint, readyz
 from ordergraph.web.request_ids import RequestId
+from ordergraph.web.staff_console import staff_console_page
 from ordergraph.web.success_page import order_success_page
 from ordergraph.webhooks import stripe_webhook
 
@@ -56,9 +59,11 @@ def create_app(settings: Settings) -> Starlette:
             messages.configure(settings)
             sender = MailSender(settings)
             sweeper = Sweeper(app.state.services)
+            webhook_sender = WebhookSender(settings)
             background = [
                 asyncio.create_task(sender.run(), name="ordergraph-mail-sender"),
                 asyncio.create_task(sweeper.run(), name="ordergraph-sweeper"),
+                asyncio.create_task(webhook_sender.run(), name="ordergraph-webhook-sender"),
             ]
             try:
                 yield
@@ -66,6 +71,7 @@ def create_app(settings: Settings) -> Starlette:
                 try:
                     sender.stop()
                     sweeper.stop()
+                    webhook_sender.stop()
                     await asyncio.gather(*background)
                     await gateway.close()
                 finally:
@@ -79,9 +85,12 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
+        Route("/exports/orders.csv", orders_csv, methods=["GET"]),
     ]
     if settings.success_page:
         routes.append(Route("/order-success/{order_id}", order_success_page, methods=["GET"]))
+    if settings.staff_console:
+        routes.append(Route("/staff", staff_console_page, methods=["GET"]))
     app = Starlette(
         debug=False,
         routes=routes,

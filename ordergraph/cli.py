@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from ordergraph.cli_options import HelpFormatter, number, port_number
 from ordergraph.logs import configure_logging, logging_config
 from ordergraph.settings import Settings, SettingsError, log_format_from_env
 
@@ -113,7 +115,7 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
     uvicorn.run(
-        "ordergraph.app:create_app_from_env",
+        "ordergraph.cli:worker_app",
         factory=True,
         host=args.host,
         port=args.port,
@@ -128,6 +130,15 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
         # Compression costs ~40 KB per idle subscriber for messages of a few hundred bytes.
         ws_per_message_deflate=False,
     )
+
+
+def worker_app() -> object:
+    """uvicorn's factory, in each worker (docs/benchmarks.md, "Finding and exporting orders")."""
+    from ordergraph.app import create_app_from_env
+
+    app = create_app_from_env()
+    gc.freeze()  # the modules' and schema's objects out of full collections: 30-60 ms pauses
+    return app
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -154,12 +165,8 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 def cmd_token(args: argparse.Namespace) -> None:
     from ordergraph.auth import issue_token
 
-    settings = _settings()
-    print(
-        issue_token(
-            settings.jwt_secret, args.user, args.email, staff=args.staff, ttl_seconds=args.ttl
-        )
-    )
+    secret = _settings().jwt_secret
+    print(issue_token(secret, args.user, args.email, staff=args.staff, ttl_seconds=args.ttl))
 
 
 async def _with_services(settings: Settings, work: Callable[[PaymentServices], Awaitable[T]]) -> T:
@@ -218,6 +225,23 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     print("nothing needs staff")
 
 
+def cmd_export_orders(args: argparse.Namespace) -> None:
+    from ordergraph.domain.order_export import ExportInputError, export_query, write_csv
+
+    try:
+        query = export_query(args.start, args.end, args.status)
+    except ExportInputError as exc:
+        args.parser.error(str(exc))
+    url = os.environ.get("DATABASE_URL") or Settings.database_url
+    asyncio.run(write_csv(url, query, sys.stdout.buffer))
+
+
+def cmd_send_webhooks(args: argparse.Namespace) -> None:
+    from ordergraph.outgoing_webhooks.sender import send_until_stopped
+
+    asyncio.run(send_until_stopped(_settings(), concurrency=args.concurrency))
+
+
 def cmd_schema(args: argparse.Namespace) -> None:
     from ordergraph.schema import schema_sdl
 
@@ -238,54 +262,28 @@ def cmd_stripe_emulator(args: argparse.Namespace) -> None:
     )
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, unless there is none to show (flags, required options)
-    or the help says it in words."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default in (None, False) or action.required or "default" in text:
-            return text
-        return super()._get_help_string(action) or text
-
-
-def _number(low: int, high: int | None = None) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
-        if number < low or (high is not None and number > high):
-            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-            raise argparse.ArgumentTypeError(f"must be {bounds}, not {number}")
-        return number
-
-    return parse
-
-
-_port = _number(0, 65535)
 DEMO_ONLY = ("state_dir", "reset", "emulator_port", "smtp_port")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ordergraph", description=__doc__, formatter_class=_HelpFormatter
+        prog="ordergraph", description=__doc__, formatter_class=HelpFormatter
     )
     verbs = parser.add_subparsers(dest="verb", title="verbs", metavar="VERB")
 
     def verb(name: str, summary: str) -> argparse.ArgumentParser:
         return verbs.add_parser(
-            name, help=summary, description=summary, formatter_class=_HelpFormatter
+            name, help=summary, description=summary, formatter_class=HelpFormatter
         )
 
     serve = verb("serve", "apply migrations, then serve HTTP and WebSocket")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument(
-        "--port", type=_port, default=8000, metavar="PORT", help="port of the service"
+        "--port", type=port_number, default=8000, metavar="PORT", help="port of the service"
     )
     serve.add_argument(
         "--workers",
-        type=_number(1),
+        type=number(1),
         default=1,
         metavar="N",
         help="server processes sharing the port (not with --demo)",
@@ -312,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_options.add_argument(
         "--emulator-port",
-        type=_port,
+        type=port_number,
         default=None,
         metavar="PORT",
         help="port of the Stripe emulator (default: 12111, or a free port when 12111 is "
@@ -320,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_options.add_argument(
         "--smtp-port",
-        type=_port,
+        type=port_number,
         default=None,
         metavar="PORT",
         help="port of the mail sink (default: 1025, or a free port when 1025 is taken; "
@@ -328,12 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve, parser=serve)
 
-    demo = verb(
+    verb(
         "demo",
         "run two whole purchases (a shopper's; a guest's with shipping, a promotion code and "
         "tax) against a throwaway local stack and print their timeline",
-    )
-    demo.set_defaults(func=cmd_demo)
+    ).set_defaults(func=cmd_demo)
 
     migrate = verb("migrate", "apply pending database migrations (DATABASE_URL) and exit")
     migrate.set_defaults(func=cmd_migrate)
@@ -343,15 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--email", required=True, metavar="ADDR", help="the user's email")
     token.add_argument("--staff", action="store_true", help="grant staff rights")
     token.add_argument(
-        "--ttl", type=_number(1), default=3600, metavar="SECONDS", help="lifetime in seconds"
+        "--ttl", type=number(1), default=3600, metavar="SECONDS", help="lifetime in seconds"
     )
     token.set_defaults(func=cmd_token)
 
-    expire = verb(
+    verb(
         "expire-pending",
         "cancel unpaid orders past their expiry (after asking Stripe), releasing their stock",
-    )
-    expire.set_defaults(func=cmd_expire_pending)
+    ).set_defaults(func=cmd_expire_pending)
 
     reconcile = verb(
         "reconcile",
@@ -360,21 +356,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument(
         "--since",
-        type=_number(1, 24 * 90),
+        type=number(1, 24 * 90),
         default=48,
         metavar="HOURS",
         help="how far back to look",
     )
     reconcile.set_defaults(func=cmd_reconcile)
 
-    schema = verb("schema", "print the GraphQL schema (SDL)")
-    schema.set_defaults(func=cmd_schema)
+    export = verb("export-orders", "write the orders as CSV to standard output")
+    export.add_argument("--from", dest="start", metavar="DATE", help="ISO date (default: any)")
+    export.add_argument("--to", dest="end", metavar="DATE", help="ISO date (default: any)")
+    export.add_argument("--status", help="an order status, e.g. SHIPPED (default: any)")
+    export.set_defaults(func=cmd_export_orders, parser=export)
+
+    hooks = verb("send-webhooks", "send outgoing webhooks only, until stopped (SIGTERM)")
+    hooks.add_argument(
+        "--concurrency",
+        type=number(1, 256),
+        default=16,
+        metavar="N",
+        help="deliveries sent at once (set WEBHOOK_CONCURRENCY=0 on the servers)",
+    )
+    hooks.set_defaults(func=cmd_send_webhooks)
+
+    verb("schema", "print the GraphQL schema (SDL)").set_defaults(func=cmd_schema)
 
     emulator = verb("stripe-emulator", "run the local Stripe emulator")
     emulator.add_argument("--host", default="127.0.0.1", help="address to listen on")
     emulator.add_argument(
         "--port",
-        type=_port,
+        type=port_number,
         default=12111,
         metavar="PORT",
         help="port to listen on; the service's STRIPE_API_BASE is http://HOST:PORT",

@@ -61,9 +61,20 @@ EMAILS = Counter(
     "Outbox sending attempts: sent, retried (failed, will be tried again) or dead (given up).",
     ["outcome"],
 )
+WEBHOOK_DELIVERIES = Counter(
+    "ordergraph_webhook_deliveries",
+    "Outgoing webhook attempts: delivered, retried (failed, will be tried again), dead (given "
+    "up), or refused (the target's address is not allowed; retried as a failure).",
+    ["outcome"],
+)
+WEBHOOK_DELAY_SECONDS = Histogram(
+    "ordergraph_webhook_delivery_delay_seconds",
+    "From an outgoing webhook event's commit to its delivery (2xx), retries included.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600, 3600, 86400),
+)
 ACTIVE_SUBSCRIPTIONS = Gauge(
     "ordergraph_active_subscriptions",
-    "orderStatusChanged subscriptions being served now.",
+    "Subscriptions (orderStatusChanged, orderChanges) being served now.",
     multiprocess_mode="livesum",
 )
 STRIPE_SECONDS = Histogram(

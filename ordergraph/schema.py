@@ -26,9 +26,11 @@ from ordergraph.resolvers import (
     guests,
     orders,
     payments,
+    returns,
     shop,
     subscriptions,
 )
+from ordergraph.resolvers import webhook_endpoints as webhook_admin
 from ordergraph.resolvers.base import RefuseBadToken
 from ordergraph.resolvers.shop_types import (
     PromotionCode,
@@ -36,21 +38,30 @@ from ordergraph.resolvers.shop_types import (
     ShippingRate,
     ShippingRatePayload,
 )
+from ordergraph.resolvers.staff_types import (
+    EmailPayload,
+    PaymentDiscrepancy,
+    RetryDeadEmailsPayload,
+    UndeliveredEmail,
+)
 from ordergraph.resolvers.types import (
     Cart,
     CartPayload,
     CheckoutPayload,
-    EmailPayload,
     GuestSessionPayload,
     Order,
     OrderConnection,
     OrderPayload,
-    PaymentDiscrepancy,
     Product,
     ProductConnection,
     ProductPayload,
-    RetryDeadEmailsPayload,
-    UndeliveredEmail,
+    ReturnPayload,
+)
+from ordergraph.resolvers.webhook_types import (
+    WebhookDelivery,
+    WebhookDeliveryPayload,
+    WebhookEndpoint,
+    WebhookEndpointPayload,
 )
 from ordergraph.web.graphql_rules import HideSuggestions, RequireOperationName
 
@@ -77,6 +88,17 @@ class Query:
     )
     promotion_codes: list[PromotionCode] = strawberry.field(
         resolver=shop.promotion_codes, description="Staff only."
+    )
+    webhook_endpoints: list[WebhookEndpoint] = strawberry.field(
+        resolver=webhook_admin.webhook_endpoints,
+        description="Staff only: the shop's outgoing webhook endpoints, oldest first.",
+    )
+    webhook_deliveries: list[WebhookDelivery] = strawberry.field(
+        resolver=webhook_admin.webhook_deliveries,
+        description=(
+            "Staff only: deliveries of outgoing webhooks, newest first; status is PENDING, "
+            "DELIVERED or DEAD."
+        ),
     )
     undelivered_emails: list[UndeliveredEmail] = strawberry.field(
         resolver=emails.undelivered_emails,
@@ -120,15 +142,42 @@ class Mutation:
         resolver=guests.start_guest_session,
         description="A token for a shopper without an account (when guest checkout is on).",
     )
+    request_withdrawal: ReturnPayload = strawberry.mutation(
+        resolver=returns.request_withdrawal,
+        description=(
+            "Step one of a withdrawal (owner or accessToken): names what goes back; all lines "
+            "when none are given."
+        ),
+    )
+    confirm_withdrawal: ReturnPayload = strawberry.mutation(
+        resolver=returns.confirm_withdrawal,
+        description=(
+            "Step two: the shopper confirms; an acknowledgement with the time is mailed. Before "
+            "shipping, the money is refunded and the stock released at once."
+        ),
+    )
     upsert_product: ProductPayload = strawberry.mutation(
         resolver=catalog.upsert_product, description="Staff only from here on."
     )
+    adjust_stock: ProductPayload = strawberry.mutation(resolver=catalog.adjust_stock)
     mark_order_awaiting_shipment: OrderPayload = strawberry.mutation(
         resolver=orders.mark_order_awaiting_shipment
     )
     mark_order_shipped: OrderPayload = strawberry.mutation(resolver=orders.mark_order_shipped)
     mark_order_delivered: OrderPayload = strawberry.mutation(resolver=orders.mark_order_delivered)
-    refund_order: OrderPayload = strawberry.mutation(resolver=orders.refund_order)
+    refund_order: OrderPayload = strawberry.mutation(
+        resolver=orders.refund_order,
+        description=(
+            "Without amount or lines: the whole remainder. With lines: those units (their share "
+            "of what was charged), back to stock when restock is true."
+        ),
+    )
+    add_order_note: OrderPayload = strawberry.mutation(resolver=orders.add_order_note)
+    receive_return: ReturnPayload = strawberry.mutation(
+        resolver=returns.receive_return,
+        description="Goods of a return arrived: refunds their share, restocks them when asked.",
+    )
+    reject_return: ReturnPayload = strawberry.mutation(resolver=returns.reject_return)
     upsert_shipping_rate: ShippingRatePayload = strawberry.mutation(
         resolver=shop.upsert_shipping_rate
     )
@@ -137,6 +186,22 @@ class Mutation:
     )
     set_promotion_code_active: PromotionCodePayload = strawberry.mutation(
         resolver=shop.set_promotion_code_active
+    )
+    create_webhook_endpoint: WebhookEndpointPayload = strawberry.mutation(
+        resolver=webhook_admin.create_webhook_endpoint,
+        description="Staff only: the signing secret is in this answer, and never again.",
+    )
+    set_webhook_endpoint_active: WebhookEndpointPayload = strawberry.mutation(
+        resolver=webhook_admin.set_webhook_endpoint_active,
+        description="Staff only: a paused endpoint's deliveries wait until it is resumed.",
+    )
+    delete_webhook_endpoint: WebhookEndpointPayload = strawberry.mutation(
+        resolver=webhook_admin.delete_webhook_endpoint,
+        description="Staff only: its deliveries are deleted with it.",
+    )
+    replay_webhook_delivery: WebhookDeliveryPayload = strawberry.mutation(
+        resolver=webhook_admin.replay_webhook_delivery,
+        description="Staff only: send a delivery again, whatever its state.",
     )
     retry_email: EmailPayload = strawberry.mutation(
         resolver=emails.retry_email, description="Staff only: try a DEAD mail again."
@@ -149,6 +214,10 @@ class Mutation:
 
 @strawberry.type
 class Subscription:
+    order_changes: AsyncIterator[Order] = strawberry.subscription(
+        resolver=subscriptions.order_changes,
+        description="Staff only: every order of the shop, new ones included, after each change.",
+    )
     order_status_changed: AsyncIterator[Order] = strawberry.subscription(
         resolver=subscriptions.order_status_changed,
         description=(

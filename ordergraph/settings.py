@@ -131,6 +131,18 @@ class Settings:
     guest_checkout: bool = True
     guest_session_hours: int = 24
     guest_sessions_per_hour: int = 20
+    # The statutory withdrawal period after delivery (EU: 14 days); 0 turns withdrawals off.
+    withdrawal_days: int = 14
+    # Outgoing webhooks (service.md, "Outgoing webhooks"): https only and no private,
+    # loopback or link-local address unless `webhook_allow_private_targets`; each attempt has
+    # `webhook_timeout_seconds`; failures are retried after `webhook_retry_base_ms`, doubling
+    # (at most an hour apart), for `webhook_retry_hours`, then the delivery is DEAD. Each
+    # process sends at most `webhook_concurrency` deliveries at once (0: it sends none).
+    webhook_allow_private_targets: bool = False
+    webhook_timeout_seconds: int = 10
+    webhook_retry_base_ms: int = 30_000
+    webhook_retry_hours: int = 72
+    webhook_concurrency: int = 16
     # Reverse proxies whose X-Forwarded-For is believed (addresses or CIDR networks); see
     # web/client_address.py.
     trusted_proxies: tuple[str, ...] = ()
@@ -139,6 +151,7 @@ class Settings:
     access_log: bool = False
     log_format: str = "text"
     success_page: bool = False
+    staff_console: bool = False
     metrics_token: str | None = field(default=None, repr=False)
     # prometheus_client's own variable (it reads it itself); checked here all the same.
     metrics_dir: str | None = None
@@ -241,12 +254,29 @@ class Settings:
             guest_sessions_per_hour=read.integer(
                 "GUEST_SESSIONS_PER_HOUR", cls.guest_sessions_per_hour, low=0, high=1_000_000
             ),
+            withdrawal_days=read.integer("WITHDRAWAL_DAYS", cls.withdrawal_days, low=0, high=3650),
+            webhook_allow_private_targets=read.boolean(
+                "WEBHOOK_ALLOW_PRIVATE_TARGETS", cls.webhook_allow_private_targets
+            ),
+            webhook_timeout_seconds=read.integer(
+                "WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds, low=1, high=60
+            ),
+            webhook_retry_base_ms=read.integer(
+                "WEBHOOK_RETRY_BASE_MS", cls.webhook_retry_base_ms, low=1, high=3_600_000
+            ),
+            webhook_retry_hours=read.integer(
+                "WEBHOOK_RETRY_HOURS", cls.webhook_retry_hours, low=1, high=24 * 30
+            ),
+            webhook_concurrency=read.integer(
+                "WEBHOOK_CONCURRENCY", cls.webhook_concurrency, low=0, high=256
+            ),
             trusted_proxies=_networks("TRUSTED_PROXIES", read.get("TRUSTED_PROXIES") or ""),
             jwt_secret=jwt_secret,
             debug=read.boolean("DEBUG", cls.debug),
             access_log=read.boolean("ACCESS_LOG", cls.access_log),
             log_format=log_format_from_env(read.env),
             success_page=read.boolean("SUCCESS_PAGE", cls.success_page),
+            staff_console=read.boolean("STAFF_CONSOLE", cls.staff_console),
             metrics_token=read.get("METRICS_TOKEN"),
             metrics_dir=metrics_dir,
         )

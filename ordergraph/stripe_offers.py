@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -77,7 +77,9 @@ class OfferCalls:
     def client(self) -> stripe.StripeClient:  # pragma: no cover - StripeGateway's
         raise NotImplementedError
 
-    async def _call(self, what: str, call: Any) -> Any:  # pragma: no cover - StripeGateway's
+    async def _call(
+        self, what: str, make: Callable[[], Awaitable[Any]]
+    ) -> Any:  # pragma: no cover - StripeGateway's
         raise NotImplementedError
 
     async def create_promotion_code(
@@ -99,7 +101,7 @@ class OfferCalls:
             coupon_params.update(amount_off=amount_off, currency=currency.lower())
         coupon = await self._call(
             "coupon create",
-            self.client.v1.coupons.create_async(
+            lambda: self.client.v1.coupons.create_async(
                 params=coupon_params,  # type: ignore[arg-type]
                 options={"idempotency_key": f"coupon-{key}"},
             ),
@@ -114,7 +116,7 @@ class OfferCalls:
             promo_params["expires_at"] = int(expires_at.timestamp())
         promo = await self._call(
             "promotion code create",
-            self.client.v1.promotion_codes.create_async(
+            lambda: self.client.v1.promotion_codes.create_async(
                 params=promo_params,  # type: ignore[arg-type]
                 options={"idempotency_key": f"promotion-code-{key}"},
             ),
@@ -126,7 +128,7 @@ class OfferCalls:
     ) -> None:
         await self._call(
             "promotion code update",
-            self.client.v1.promotion_codes.update_async(
+            lambda: self.client.v1.promotion_codes.update_async(
                 promotion_code_id,
                 params={"active": active},
                 options={"idempotency_key": key},

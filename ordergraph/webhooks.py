@@ -19,7 +19,8 @@ from ordergraph import logs, metrics
 from ordergraph.domain.payments import RetryLater
 from ordergraph.domain.stripe_events import apply_stripe_event
 from ordergraph.settings import Settings
-from ordergraph.stripe_gateway import BadWebhook, MalformedStripeObject, parse_webhook
+from ordergraph.stripe_gateway import BadWebhook, parse_webhook
+from ordergraph.stripe_objects import MalformedStripeObject
 
 log = logging.getLogger(__name__)
 

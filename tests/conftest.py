@@ -12,8 +12,10 @@ import asyncio
 import os
 import secrets
 import socket
+import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -35,8 +37,10 @@ from ordergraph.auth import forget_known_users, issue_token
 from ordergraph.db import apply_migrations
 from ordergraph.demo.stack import read_mail
 from ordergraph.models import OutboxEmail, OutboxStatus
+from ordergraph.outgoing_webhooks import events as events_for_endpoints
 from ordergraph.settings import Settings
 from ordergraph.stripe_emulator import StripeEmulator
+from tests.utils import loopback
 
 JWT_SECRET = "test-secret-" + "x" * 32
 WEBHOOK_SECRET = "whsec_test_" + secrets.token_hex(16)
@@ -46,12 +50,19 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 BACKEND = os.environ.get("ORDERGRAPH_TEST_DB", "sqlite")
 
 TABLES = [
+    "webhook_deliveries",
+    "webhook_events",
+    "webhook_endpoints",
     "promotion_codes",
     "shipping_rates",
     "guest_sessions",
     "payment_discrepancies",
     "outbox_emails",
     "payment_trackers",
+    "order_refunds",
+    "order_returns",
+    "order_notes",
+    "stock_movements",
     "order_status_changes",
     "order_items",
     "orders",
@@ -60,6 +71,45 @@ TABLES = [
     "processed_stripe_events",
     "users",
 ]
+
+
+# Tests send traffic to loopback only (tests/utils/loopback.py): this process refuses anything
+# else from now on, and so does every Python process it starts, since they all inherit os.environ
+# or `service_env` (whose PYTHONPATH runs loopback_site/sitecustomize.py); all of them report to
+# one file of this run.
+_CONNECT_LOG_DIR = tempfile.TemporaryDirectory(prefix="ordergraph-connect-log-")
+LOOPBACK_ENV = loopback.subprocess_env(
+    str(Path(_CONNECT_LOG_DIR.name) / "violations.log"), os.environ.get("PYTHONPATH")
+)
+os.environ.update(LOOPBACK_ENV)
+loopback.install(LOOPBACK_ENV[loopback.LOG_VARIABLE])
+_reported_violations: Counter[str] = Counter()
+
+
+def _unreported_violations() -> list[str]:
+    new = Counter(loopback.violations()) - _reported_violations
+    _reported_violations.update(new)
+    return list(new.elements())
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only() -> Iterator[None]:
+    """Fails the test during which something connected, sent or resolved a name outside loopback,
+    here or in a subprocess (also during the set-up of a wider fixture): the guard refused it, but
+    the code may have taken the refusal in its stride. A test that provokes one on purpose takes
+    it with `loopback.expecting_violations()`."""
+    yield
+    found = _unreported_violations()
+    if found:
+        pytest.fail("outside loopback (tests/utils/loopback.py):\n" + "\n".join(found), False)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Those of the last teardowns (session fixtures, subprocesses that outlived their test)."""
+    found = _unreported_violations()
+    if found:
+        print("\noutside loopback (tests/utils/loopback.py):\n" + "\n".join(found), file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # What tests leave for people to look at (the browser test's screenshot); not committed.
@@ -282,6 +332,11 @@ def service_env(
         "SMTP_PORT": str(smtp_port),
         "MAIL_FROM": "orders@shop.test",
         "METRICS_TOKEN": METRICS_TOKEN,
+        # Receivers of outgoing webhooks listen on loopback; retries come quickly.
+        "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+        "WEBHOOK_RETRY_BASE_MS": "50",
+        "WEBHOOK_TIMEOUT_SECONDS": "2",
+        **LOOPBACK_ENV,
         **overrides,
     }
 
@@ -292,7 +347,9 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     emulator, emulator_url = stripe_server
     await apply_migrations(database_url)
-    settings = make_settings(database_url, emulator_url, smtp.port)
+    # No background sweeper: a test sweeps when it means to, so that a sweep on the minute
+    # cannot settle an order that the test is about to settle itself.
+    settings = make_settings(database_url, emulator_url, smtp.port, SWEEP_INTERVAL_SECONDS="0")
     asgi = create_app(settings)
     async with Served(asgi) as url, httpx.AsyncClient(timeout=30) as http:
         emulator.webhook_url = f"{url}/webhooks/stripe"
@@ -314,6 +371,7 @@ async def outbox_settled(timeout: float = 5.0) -> None:
 
 async def reset_service(harness: Harness, smtp: SmtpServer) -> None:
     """Empty the database, the emulator and the mailbox under the running service."""
+    events_for_endpoints.forget_endpoints()
     await harness.emulator.drain()
     await outbox_settled()
     connection = Tortoise.get_connection("default")

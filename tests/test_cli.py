@@ -120,6 +120,8 @@ VERBS = (
     "token",
     "expire-pending",
     "reconcile",
+    "export-orders",
+    "send-webhooks",
     "schema",
     "stripe-emulator",
 )

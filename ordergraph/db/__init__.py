@@ -17,6 +17,7 @@ from typing import Any
 from tortoise import Tortoise
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.backends.base.config_generator import expand_db_url
+from tortoise.backends.sqlite.client import SqliteTransactionWrapper
 from tortoise.connection import get_connections
 from tortoise.transactions import in_transaction
 
@@ -24,6 +25,22 @@ log = logging.getLogger(__name__)
 
 MODELS_MODULE = "ordergraph.models"
 MIGRATIONS_MODULE = "ordergraph.migrations"
+
+
+async def _begin_immediate(self: SqliteTransactionWrapper) -> None:
+    """SQLite: a transaction takes the write lock when it begins (`BEGIN IMMEDIATE`).
+
+    Tortoise begins with a plain (deferred) `BEGIN`: a transaction that reads, then writes
+    after another process wrote (an `ordergraph` command beside a running server, two servers
+    on one file in the tests) fails at once with "database is locked", since SQLite cannot wait
+    for a snapshot that is already stale. Taking the lock first makes it wait its turn (the
+    driver's busy timeout) instead. Within one process transactions run one at a time anyway.
+    """
+    await self._connection.commit()
+    await self._connection.execute("BEGIN IMMEDIATE")
+
+
+SqliteTransactionWrapper.begin = _begin_immediate  # type: ignore[method-assign]
 
 
 async def _release(connection: Any) -> None:

@@ -5,7 +5,8 @@ Staff set up what the checkout offers (two shipping rates, a 20 % code); a guest
 session with an email, fills a cart and checks out; the emulator completes the session as the
 shopper would, picking Express, typing the code and a German address (taxed at the emulator's
 19 %); the receipt reaches the guest's email with the figures, and its link's access token (no
-bearer token) reads the order with what Stripe charged.
+bearer token) reads the order with what Stripe charged; with the same link the guest withdraws
+from one unit in two steps, refunded at once since nothing has shipped.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ ADD_TO_CART = """mutation($p: ID!, $q: Int!) { addToCart(productId: $p, quantity
 PRODUCTS = "{ products(first: 10) { edges { node { id name } } } }"
 CHECKOUT = "mutation { checkout { orderId clientSecret userErrors { code message } } }"
 ORDER = "query($id: ID!) { order(id: $id) { %s } }" % FIGURES
+WITHDRAW = """mutation($id: ID!, $lines: [ReturnLineInput!], $access: String) {
+  requestWithdrawal(orderId: $id, lines: $lines, accessToken: $access) {
+    orderReturn { id status } userErrors { code message } } }"""
+CONFIRM = """mutation($id: ID!, $access: String) {
+  confirmWithdrawal(returnId: $id, accessToken: $access) {
+  orderReturn { status confirmedAt refunded { %(m)s } } order { status paymentStatus }
+  userErrors { code message } } }""" % {"m": MONEY}
 ORDER_WITH_ACCESS = (
     "query($id: ID!, $access: String) { order(id: $id, accessToken: $access) { %s } }" % (FIGURES)
 )
@@ -95,6 +103,7 @@ async def guest_purchase(stack: Stack, timeline: Timeline, staff_token: str) -> 
         async def fill_cart() -> str:
             guest = state["guest"]
             product = (await guest(PRODUCTS))["products"]["edges"][0]["node"]
+            state["product_id"] = product["id"]
             cart = (await guest(ADD_TO_CART, {"p": product["id"], "q": 2}))["addToCart"]["cart"]
             total = cart["total"]
             return (
@@ -185,6 +194,34 @@ async def guest_purchase(stack: Stack, timeline: Timeline, staff_token: str) -> 
             state["final"] = order
             return f"no bearer token; {figures(order)}"
 
+        async def withdraw() -> str:
+            anonymous = Client(http, stack.url, None)
+            lines = [{"productId": state["product_id"], "quantity": 1}]
+            asked = await anonymous(
+                WITHDRAW, {"id": state["order_id"], "lines": lines, "access": state["access"]}
+            )
+            requested = asked["requestWithdrawal"]
+            if requested["userErrors"]:
+                raise StepFailed(f"requestWithdrawal refused: {requested['userErrors']}")
+            return_id = requested["orderReturn"]["id"]
+            done = await anonymous(CONFIRM, {"id": return_id, "access": state["access"]})
+            confirmed = done["confirmWithdrawal"]
+            if confirmed["userErrors"] or confirmed["orderReturn"]["status"] != "REFUNDED":
+                raise StepFailed(f"confirmWithdrawal: {confirmed}")
+            order = confirmed["order"]
+            timeline.status = f"{order['status']}/{order['paymentStatus']}"
+            subjects = {(await next_mail(stack, GUEST_EMAIL))[1]["Subject"] for _ in range(2)}
+            if not any(s.startswith("Withdrawal confirmed") for s in subjects):
+                raise StepFailed(f"no acknowledgement among the mails: {subjects}")
+            refunded = confirmed["orderReturn"]["refunded"]
+            state["final"] = {**state["final"], **order}
+            state["withdrawn"] = money(refunded["amount"], refunded["currency"])
+            return (
+                f"1 unit, confirmed {confirmed['orderReturn']['confirmedAt']}, refunded "
+                f"{state['withdrawn']} at once (not shipped yet); "
+                "acknowledgement mailed"
+            )
+
         await timeline.step("staff: shipping rates and a promotion code", offers)
         await timeline.step("guest: start a session", start_session)
         await timeline.step("guest: fill the cart", fill_cart)
@@ -192,6 +229,7 @@ async def guest_purchase(stack: Stack, timeline: Timeline, staff_token: str) -> 
         await timeline.step("guest: pay (rate, code, country)", pay)
         await timeline.step("guest: receipt read from the SMTP sink", receipt)
         await timeline.step("read the order with the receipt's access token", read_with_access)
+        await timeline.step("guest: withdraw one unit through the link, in two steps", withdraw)
     return state
 
 

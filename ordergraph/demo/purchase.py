@@ -41,9 +41,11 @@ from ordergraph.demo.stack import (
 from ordergraph.demo.steps import (
     WAIT_SECONDS,
     Client,
+    HookReceiver,
     Stack,
     StepFailed,
     Timeline,
+    heard_summary,
     money,
     next_mail,
 )
@@ -83,7 +85,8 @@ async def demo_stack() -> AsyncIterator[Stack]:
         )
         stack.push_async_callback(sink.wait_closed)
         stack.callback(sink.close)
-        service_socket, emulator_socket = loopback_socket(), loopback_socket()
+        service_socket, emulator_socket, hooks_socket = (loopback_socket() for _ in range(3))
+        hooks = HookReceiver()
         url = "http://127.0.0.1:%d" % service_socket.getsockname()[1]
         emulator_url = "http://127.0.0.1:%d" % emulator_socket.getsockname()[1]
         settings = Settings(
@@ -99,13 +102,19 @@ async def demo_stack() -> AsyncIterator[Stack]:
             success_page=True,
             checkout_rate_per_minute=0,
             automatic_tax=True,  # the guest's purchase is taxed (the shopper's, in the US, is not)
+            webhook_allow_private_targets=True,  # the shop's system listens on loopback
         )
         await apply_migrations(settings.database_url)
         await seed_catalogue(settings)
         emulator = StripeEmulator(
             webhook_url=f"{url}/webhooks/stripe", webhook_secret=settings.stripe_webhook_secret
         )
-        for app, sock in ((emulator.app, emulator_socket), (create_app(settings), service_socket)):
+        served = (
+            (hooks.app(), hooks_socket),
+            (emulator.app, emulator_socket),
+            (create_app(settings), service_socket),
+        )
+        for app, sock in served:
             server = uvicorn_server(app)
             task = asyncio.create_task(server.serve(sockets=[sock]))
             stack.push_async_callback(_stop, server, task)
@@ -113,7 +122,8 @@ async def demo_stack() -> AsyncIterator[Stack]:
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.01)
-        yield Stack(url=url, emulator_url=emulator_url, settings=settings, mail=mail)
+        hooks_url = "http://127.0.0.1:%d" % hooks_socket.getsockname()[1]
+        yield Stack(url, emulator_url, settings, mail, hooks, hooks_url)
 
 
 async def _stop(server: Any, task: asyncio.Task[None]) -> None:
@@ -209,6 +219,11 @@ async def purchase(stack: Stack, timeline: Timeline) -> dict[str, Any]:
         staff = Client(http, stack.url, staff_token)
         picked: list[tuple[dict[str, Any], int]] = []
         state: dict[str, Any] = {}
+
+        async def register_hooks() -> str:
+            return await stack.hooks.register(staff, stack.hooks_url)
+
+        await timeline.step("staff: a webhook endpoint for the shop's system", register_hooks)
 
         async def browse() -> str:
             edges = (await shopper(PRODUCTS))["products"]["edges"]
@@ -313,6 +328,13 @@ async def purchase(stack: Stack, timeline: Timeline) -> dict[str, Any]:
             return f"history {path}"
 
         await timeline.step("read the order", final_read)
+
+        async def hooks_heard() -> str:
+            types = await stack.hooks.of_order(state["order_id"], 2 + len(STAFF_ACTIONS))
+            summary["hooks"] = types
+            return heard_summary(types)
+
+        await timeline.step("the shop's system heard the order's changes", hooks_heard)
     return {**summary, **state, "staff_token": staff_token}
 
 
@@ -336,6 +358,7 @@ async def run_purchase_demo() -> int:
             except Exception as exc:
                 raise StepFailed(f"step 0 (start the stack): {type(exc).__name__}: {exc}") from exc
             timeline.line(timeline.started, f"stack up: GraphQL at {stack.url}/graphql")
+            stack_hooks = stack.hooks
             result = await purchase(stack, timeline)
             guest = await guest_purchase(stack, timeline, result["staff_token"])
     except StepFailed as exc:
@@ -353,6 +376,9 @@ async def run_purchase_demo() -> int:
         f"  tracking     {final['carrier']} {final['trackingNumber']}\n"
         f"  guest order  {guest['final']['id']}: {guest['final']['status']}/"
         f"{guest['final']['paymentStatus']}, {guest['final']['email']}\n"
-        f"  guest money  {figures(guest['final'])}; Stripe charged {guest['charged_text']}"
+        f"  guest money  {figures(guest['final'])}; Stripe charged {guest['charged_text']}\n"
+        f"  withdrawal   1 unit, {guest['withdrawn']} refunded\n"
+        f"  webhooks     {len(stack_hooks.heard)} events heard by the shop's system, "
+        f"{sum(ok for _, _, ok in stack_hooks.heard)} with a valid signature"
     )
     return 0

@@ -247,6 +247,7 @@ ordergraph demo: the service, the Stripe emulator and the mail sink are listenin
                  (add --staff for a staff token; tokens stay valid across restarts)
   Pay for a session: curl -X POST {emulator_url}/_emulator/checkout/sessions/<cs_id>/complete
   Watch an order live: {base}/order-success/<orderId>#token=<shopper token>
+  Staff console:       {base}/staff (sign in with the staff token above)
   Stop with Ctrl-C.
 """
 
@@ -275,6 +276,7 @@ def _demo_settings(
     explore = {
         "DEBUG": "true",
         "SUCCESS_PAGE": "true",
+        "STAFF_CONSOLE": "true",
         "ALLOWED_ORIGINS": ",".join(sorted(origins)),
     }
     try:

@@ -1,17 +1,24 @@
 """What every step of `ordergraph demo` stands on: the stack as a client sees it, a GraphQL
-client, the timeline that prints each step, and the mail sink's queue."""
+client, the timeline that prints each step, the mail sink's queue, and the shop's system that
+hears outgoing webhooks."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
 import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
+from ordergraph.outgoing_webhooks import signing
 from ordergraph.settings import Settings
 
 WAIT_SECONDS = 10.0
@@ -33,6 +40,8 @@ class Stack:
     emulator_url: str
     settings: Settings
     mail: asyncio.Queue[tuple[float, EmailMessage]]  # each with when it arrived
+    hooks: HookReceiver  # the shop's system, hearing outgoing webhooks
+    hooks_url: str
 
 
 class Client:
@@ -102,3 +111,58 @@ async def next_mail(stack: Stack, to: str, subject_has: str = "") -> tuple[float
     if message["To"] != to or subject_has not in message["Subject"]:
         raise StepFailed(f"unexpected mail to {message['To']}: {message['Subject']!r}")
     return arrived, message
+
+
+# The demo's shop system: a receiver of outgoing webhooks on loopback, registered by staff
+# through the API, that checks each event's signature as a shop's ERP would.
+PATH = "/erp/hooks"
+CREATE = """mutation($url: String!) { createWebhookEndpoint(url: $url, events: ["*"]) {
+  endpoint { id } secret userErrors { code message } } }"""
+
+
+@dataclass
+class HookReceiver:
+    """What the shop's system heard: each event's type and order, whether it verified."""
+
+    secret: str = ""
+    heard: list[tuple[str, str, bool]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route(PATH, self.receive, methods=["POST"])])
+
+    async def receive(self, request: Request) -> Response:
+        body = (await request.body()).decode()
+        verified = signing.verify(self.secret, body, request.headers.get(signing.HEADER, ""))
+        event = json.loads(body)
+        self.heard.append((event["type"], event["data"]["order"]["id"], verified))
+        self.arrived.set()
+        return Response(status_code=204 if verified else 400)
+
+    async def register(self, staff: Client, base_url: str) -> str:
+        created = (await staff(CREATE, {"url": base_url + PATH}))["createWebhookEndpoint"]
+        if created["userErrors"]:
+            raise StepFailed(f"createWebhookEndpoint: {created['userErrors']}")
+        self.secret = created["secret"]
+        return f"{base_url}{PATH} for every event; secret {self.secret[:10]}… shown once"
+
+    async def of_order(self, order_id: str, count: int) -> list[str]:
+        """The types of the first `count` events of the order, once they have arrived."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_SECONDS
+        while len(types := [t for t, o, _ in self.heard if o == order_id]) < count:
+            self.arrived.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise StepFailed(f"the shop's system heard only {types}")
+            try:
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+        if not all(ok for _, o, ok in self.heard if o == order_id):
+            raise StepFailed("an event's signature did not verify")
+        return types
+
+
+def heard_summary(types: list[str]) -> str:
+    return f"{len(types)} events, each signed: {', '.join(types)}"

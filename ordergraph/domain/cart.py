@@ -60,11 +60,33 @@ async def lock_shopper(connection: BaseDBAsyncClient, user_id: str) -> None:
         )
 
 
-async def _product(product_id: str) -> Product:
+def _no_such_product() -> BusinessError:
+    return BusinessError.of(ErrorCode.NOT_FOUND, "No such product", field=("productId",))
+
+
+def _no_longer_sold(product: Product) -> BusinessError:
+    """An archived product: NOT_FOUND, as `product(id)` answers null for it to shoppers, but
+    named, so that the shopper learns why the line cannot grow."""
+    return BusinessError(
+        Problem(
+            ErrorCode.NOT_FOUND,
+            f"{product.name} is no longer sold",
+            field=("productId",),
+            product_id=str(product.id),
+            available=0,
+        )
+    )
+
+
+async def _product(product_id: str, *, archived_ok: bool = False) -> Product:
+    """The product to put in a cart; an archived one only when `archived_ok` (its line may
+    always be removed)."""
     key = parse_uuid(product_id)
-    product = await Product.filter(id=key, active=True).first() if key else None
+    product = await Product.filter(id=key).first() if key else None
     if product is None:
-        raise BusinessError.of(ErrorCode.NOT_FOUND, "No such product", field=("productId",))
+        raise _no_such_product()
+    if not product.active and not archived_ok:
+        raise _no_longer_sold(product)
     return product
 
 
@@ -159,9 +181,11 @@ async def _why_refused(
 ) -> BusinessError | None:
     """Which limit refused the change, read after the statement that refused it (under the
     shopper's lock, so the same rows); None when none did and the change may be tried again."""
-    product = await Product.filter(id=product_id, active=True).first()
+    product = await Product.filter(id=product_id).first()
     if product is None:
-        return BusinessError.of(ErrorCode.NOT_FOUND, "No such product", field=("productId",))
+        return _no_such_product()
+    if not product.active:
+        return _no_longer_sold(product)
     lines = await CartItem.filter(user_id=user_id).select_related("product")
     current = next((line for line in lines if str(line.product_id) == str(product.id)), None)
     old = current.quantity if current is not None else 0
@@ -236,12 +260,13 @@ async def add_to_cart(user_id: str, product_id: str, quantity: int, settings: Se
 async def set_cart_quantity(
     user_id: str, product_id: str, quantity: int, settings: Settings
 ) -> None:
-    """Set the line's quantity, within the cart's limits; 0 removes it."""
+    """Set the line's quantity, within the cart's limits; 0 removes it (an archived
+    product's too)."""
     if quantity < 0:
         raise BusinessError.of(
             ErrorCode.INVALID_INPUT, "Quantity cannot be negative", field=("quantity",)
         )
-    product = await _product(product_id)
+    product = await _product(product_id, archived_ok=quantity == 0)
     if quantity == 0:
         await CartItem.filter(user_id=user_id, product_id=product.id).delete()
         return
@@ -253,7 +278,7 @@ async def set_cart_quantity(
 async def remove_from_cart(user_id: str, product_id: str) -> None:
     key = parse_uuid(product_id)
     if key is None:
-        raise BusinessError.of(ErrorCode.NOT_FOUND, "No such product", field=("productId",))
+        raise _no_such_product()
     await CartItem.filter(user_id=user_id, product_id=key).delete()
 
 

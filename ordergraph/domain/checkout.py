@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import F
 
-from ordergraph import logs, metrics
+from ordergraph import events, logs, metrics
 from ordergraph.db import transaction
 from ordergraph.db.sql import fetch
 from ordergraph.domain.cart import lock_shopper
@@ -33,13 +33,10 @@ from ordergraph.models import (
     PaymentStatus,
     Product,
 )
+from ordergraph.outgoing_webhooks.events import ORDER_CREATED, record_order_event
 from ordergraph.settings import Settings
-from ordergraph.stripe_gateway import (
-    CheckoutSessionRequest,
-    PaymentProviderError,
-    SessionLine,
-    StripeGateway,
-)
+from ordergraph.stripe_gateway import PaymentProviderError, StripeGateway
+from ordergraph.stripe_objects import CheckoutSessionRequest, SessionLine
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +169,9 @@ async def place_order(
             reason="checkout",
             actor=f"user:{user_id}",
         )
+        await record_order_event(order, ORDER_CREATED)
+        # A new order, for staff following the whole shop (orderChanges), at commit.
+        await events.announce(events.OrderEvent(str(order.id), order.version))
     return order, items
 
 

@@ -26,6 +26,8 @@ class Discrepancy(StrEnum):
     UNKNOWN_AT_STRIPE = "UNKNOWN_AT_STRIPE"
     # A paid session names no order of this service.
     UNKNOWN_ORDER = "UNKNOWN_ORDER"
+    # Stripe refused the refund of a confirmed withdrawal: staff must settle it.
+    REFUND_REFUSED = "REFUND_REFUSED"
 
 
 LEFT_FOR_STAFF = "left for staff"

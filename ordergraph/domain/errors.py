@@ -24,6 +24,8 @@ class ErrorCode(StrEnum):
     # A size limit was reached: lines in a cart, units of one product in a line, units one
     # shopper may hold in unpaid orders, or an amount past what can be shown (MAX_AMOUNT).
     LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
+    # The statutory withdrawal period of the order is over (or the shop has none).
+    WITHDRAWAL_PERIOD_OVER = "WITHDRAWAL_PERIOD_OVER"
 
 
 @dataclass(frozen=True)

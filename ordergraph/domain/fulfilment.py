@@ -1,4 +1,4 @@
-"""Staff moving a paid order on: packed, shipped (with tracking), delivered, or refunded.
+"""Staff moving a paid order on: packed, shipped (with tracking), delivered.
 
 Each step is a state-machine transition and a short mail to the shopper, committed together.
 The state machine refuses a step (INVALID_TRANSITION, nothing changed, no mail) for an order
@@ -7,12 +7,14 @@ whose payment is not PAID or PARTIALLY_REFUNDED: refunded, lost or still open in
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from ordergraph.db import transaction
 from ordergraph.domain.errors import BusinessError, ErrorCode, order_not_found
-from ordergraph.domain.order_state import can_transition, change_order, lock_order
-from ordergraph.domain.payments import Outcome, PaymentServices, apply_refund
+from ordergraph.domain.order_state import change_order, lock_order
 from ordergraph.mail import messages as emails
-from ordergraph.models import Order, OrderStatus, PaymentStatus
+from ordergraph.models import Order, OrderStatus
 
 
 async def _advance(
@@ -21,7 +23,7 @@ async def _advance(
     *,
     actor: str,
     reason: str,
-    fields: dict[str, str | None] | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> Order:
     async with transaction():
         order = await lock_order(order_id)
@@ -70,42 +72,10 @@ async def mark_shipped(
 
 
 async def mark_delivered(order_id: str, *, actor: str) -> Order:
-    return await _advance(order_id, OrderStatus.DELIVERED, actor=actor, reason="delivered")
-
-
-REFUNDABLE = frozenset({PaymentStatus.PAID, PaymentStatus.PARTIALLY_REFUNDED})
-
-
-async def refund_order(order_id: str, *, actor: str, services: PaymentServices) -> Order:
-    """Refund what is left of the payment through Stripe, then record it at once.
-
-    Stripe's `charge.refunded` for the same refund arrives later and changes nothing, because
-    refunds are recorded by their running total.
-    """
-    order = await Order.filter(id=order_id).first()
-    if order is None:
-        raise order_not_found()
-    if order.payment_status not in REFUNDABLE or not order.stripe_payment_intent_id:
-        raise BusinessError.of(
-            ErrorCode.INVALID_TRANSITION,
-            f"A payment that is {order.payment_status.name} cannot be refunded",
-        )
-    if not can_transition(order.status, OrderStatus.REFUNDED):
-        raise BusinessError.of(
-            ErrorCode.INVALID_TRANSITION, f"An order that is {order.status.name} cannot be refunded"
-        )
-    remaining = order.total - order.amount_refunded
-    refund = await services.gateway.create_refund(
-        order.stripe_payment_intent_id,
-        remaining,
-        # Same order, same refunded-so-far: the same request, so a retry cannot refund twice.
-        idempotency_key=f"refund-{order.id}-{order.amount_refunded}",
-        reason=f"refund by {actor}",
+    return await _advance(
+        order_id,
+        OrderStatus.DELIVERED,
+        actor=actor,
+        reason="delivered",
+        fields={"delivered_at": datetime.now(UTC)},
     )
-    async with transaction():
-        locked = await lock_order(order_id)
-        assert locked is not None
-        outcome = await apply_refund(locked, order.amount_refunded + refund.amount, actor=actor)
-    if outcome == Outcome.UNCHANGED:
-        await locked.refresh_from_db()
-    return locked

@@ -48,21 +48,31 @@ async def reserve_stock(lines: Iterable[tuple[str, int]]) -> dict[str, Reserved]
         if rows:
             reserved[product_id] = Reserved(rows[0]["name"], rows[0]["price"])
         else:
-            product = await Product.filter(id=product_id).only("name", "stock", "active").first()
-            available = product.stock if product is not None and product.active else 0
-            name = product.name if product is not None else product_id
-            short.append(
-                Problem(
-                    ErrorCode.OUT_OF_STOCK,
-                    f"Only {available} of {name} left, {quantity} wanted",
-                    field=("cart",),
-                    product_id=str(product_id),
-                    available=available,
-                )
-            )
+            short.append(await _shortage(product_id, quantity))
     if short:
         raise BusinessError(*short)
     return reserved
+
+
+async def _shortage(product_id: str, quantity: int) -> Problem:
+    """Why a line could not be reserved: too few units, or a product no longer sold (archived,
+    or gone), which has none. OUT_OF_STOCK with `available` either way, so that a client that
+    sets each short line to what is available removes it."""
+    product = await Product.filter(id=product_id).only("name", "stock", "active").first()
+    if product is None or not product.active:
+        name = product.name if product is not None else "A product in your cart"
+        message = f"{name} is no longer sold; remove it from your cart"
+        available = 0
+    else:
+        available = product.stock
+        message = f"Only {available} of {product.name} left, {quantity} wanted"
+    return Problem(
+        ErrorCode.OUT_OF_STOCK,
+        message,
+        field=("cart",),
+        product_id=str(product_id),
+        available=available,
+    )
 
 
 async def release_stock(lines: Iterable[tuple[str, int]]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ordergraph.models import Order
-from ordergraph.stripe_gateway import CheckoutSession
+from ordergraph.stripe_objects import CheckoutSession
 
 PROMOTION_CODE_LENGTH = 64
 

@@ -10,7 +10,9 @@ Stock moves here and only here, by status:
 - every other state holds nothing.
 Units are released on the one transition from a holding state to a state that holds nothing,
 and reserved again on the one transition back (a late payment for an expired order), so they
-can never be released or taken twice.
+can never be released or taken twice. A line refunded in part before shipping settles its own
+units when it is refunded (`refunds.take_lines`: released, or written off when they are gone);
+from then on the order holds, and may release, only the rest.
 
 No fulfilment without money. Beside the two tables, the pair (status, payment status) obeys:
 - an order enters a `FULFILMENT_STATES` status (being packed, shipped, delivered) only while
@@ -39,6 +41,7 @@ from ordergraph.db import AfterCommit, after_commit, transaction
 from ordergraph.domain.errors import BusinessError, ErrorCode
 from ordergraph.domain.inventory import release_stock, reserve_stock
 from ordergraph.models import Order, OrderItem, OrderStatus, OrderStatusChange, PaymentStatus
+from ordergraph.outgoing_webhooks.events import change_event_type, record_order_event
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +116,12 @@ async def lock_order(order_id: str) -> Order | None:
 
 
 async def _order_lines(order: Order) -> list[tuple[str, int]]:
-    items = await OrderItem.filter(order_id=order.id).values_list("product_id", "quantity")
-    return [(str(product_id), quantity) for product_id, quantity in items]
+    """The units the order holds: a line's refunded units went back (or were written off) when
+    they were refunded (`refunds.take_lines`), so they are not the order's to release."""
+    items = await OrderItem.filter(order_id=order.id).values_list(
+        "product_id", "quantity", "quantity_refunded"
+    )
+    return [(str(p), held) for p, quantity, refunded in items if (held := quantity - refunded)]
 
 
 def _count_change(
@@ -194,10 +201,12 @@ async def change_order(
             reason=reason,
             actor=actor,
         )
+        await record_order_event(
+            order, change_event_type(old_status, new_status, old_payment, new_payment), values
+        )
         await events.announce(events.OrderEvent(str(order.id), order.version + 1))
         after_commit(_count_change(old_status, new_status, old_payment, new_payment))
-    for name, value in values.items():
-        setattr(order, name, value)
+    _apply(order, values)
     log.info(
         "order %s: %s/%s -> %s/%s (%s, by %s)",
         order.id,
@@ -208,4 +217,38 @@ async def change_order(
         reason,
         actor,
     )
+    return order
+
+
+def _apply(order: Order, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        setattr(order, name, value)
+
+
+async def note_change(
+    order: Order, *, reason: str, actor: str, webhook_event: str | None = None
+) -> Order:
+    """Record a change that moves neither status (a return requested, confirmed, refused):
+    one more history row with its version and an event to subscribers, as `change_order`
+    does, so every change of an order is told the same way; `webhook_event` is what the
+    shop's endpoints hear of it."""
+    values: dict[str, Any] = {"version": order.version + 1, "updated_at": datetime.now(UTC)}
+    async with transaction():
+        changed = await Order.filter(id=order.id, version=order.version).update(**values)
+        if changed != 1:
+            raise BusinessError.of(
+                ErrorCode.INVALID_TRANSITION, "The order was changed by someone else; try again"
+            )
+        await OrderStatusChange.create(
+            order_id=order.id,
+            status=order.status,
+            payment_status=order.payment_status,
+            reason=reason,
+            actor=actor,
+        )
+        if webhook_event is not None:
+            await record_order_event(order, webhook_event, values)
+        await events.announce(events.OrderEvent(str(order.id), order.version + 1))
+    _apply(order, values)
+    log.info("order %s: %s (by %s)", order.id, reason, actor)
     return order

@@ -28,11 +28,8 @@ from ordergraph.models import (
     PaymentTracker,
 )
 from ordergraph.settings import Settings
-from ordergraph.stripe_gateway import (
-    CheckoutSession,
-    PaymentProviderError,
-    StripeGateway,
-)
+from ordergraph.stripe_gateway import PaymentProviderError, StripeGateway
+from ordergraph.stripe_objects import CheckoutSession
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("ordergraph.security")
@@ -358,38 +355,6 @@ async def cancel_pending(order: Order, *, reason: str, actor: str) -> bool:
         actor=actor,
     )
     return True
-
-
-async def apply_refund(order: Order, amount_refunded: int, *, actor: str) -> Outcome:
-    """Record that `amount_refunded` (a running total, as Stripe reports it) went back."""
-    if amount_refunded <= order.amount_refunded:
-        return Outcome.UNCHANGED
-    full = amount_refunded >= order.total
-    payment = PaymentStatus.REFUNDED if full else PaymentStatus.PARTIALLY_REFUNDED
-    status = (
-        OrderStatus.REFUNDED
-        if full and can_transition(order.status, OrderStatus.REFUNDED)
-        else order.status
-    )
-    refunded_now = amount_refunded - order.amount_refunded
-    if status == order.status and payment == order.payment_status:
-        await Order.filter(id=order.id).update(amount_refunded=amount_refunded)
-        order.amount_refunded = amount_refunded
-    else:
-        await change_order(
-            order,
-            status=status,
-            payment_status=payment,
-            reason="refunded" if full else "partially refunded",
-            actor=actor,
-            fields={"amount_refunded": amount_refunded},
-        )
-    await emails.email_shopper(
-        order,
-        dedupe_key=f"refund:{order.id}:{amount_refunded}",
-        composed=emails.compose_refund(order, refunded_now, "Your refund is on its way."),
-    )
-    return Outcome.APPLIED
 
 
 async def sync_order_payment(

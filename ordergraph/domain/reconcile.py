@@ -19,7 +19,8 @@ from ordergraph.domain.expiry import sweep_overdue_orders
 from ordergraph.domain.ids import parse_uuid
 from ordergraph.domain.payments import Outcome, PaymentServices, settle_session
 from ordergraph.models import Order, PaymentStatus
-from ordergraph.stripe_gateway import CheckoutSession, PaymentProviderError
+from ordergraph.stripe_gateway import PaymentProviderError
+from ordergraph.stripe_objects import CheckoutSession
 
 log = logging.getLogger(__name__)
 

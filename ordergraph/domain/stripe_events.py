@@ -22,17 +22,17 @@ from ordergraph.domain.payments import (
     Outcome,
     PaymentServices,
     RetryLater,
-    apply_refund,
     cancel_pending,
     confirm_checkout,
     fail_payment,
     order_of_session,
 )
+from ordergraph.domain.refunds import apply_refund
 from ordergraph.mail import messages as emails
 from ordergraph.models import Order, OrderStatus, PaymentStatus, ProcessedStripeEvent
-from ordergraph.stripe_gateway import (
+from ordergraph.stripe_gateway import PaymentProviderError
+from ordergraph.stripe_objects import (
     MalformedStripeObject,
-    PaymentProviderError,
     PaymentRecord,
     payment_record_from_stripe,
     session_from_stripe,

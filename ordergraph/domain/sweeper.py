@@ -10,13 +10,16 @@ from datetime import UTC, datetime, timedelta
 from ordergraph.domain.expiry import sweep_overdue_orders
 from ordergraph.domain.payments import PaymentServices
 from ordergraph.domain.reconcile import reconcile
+from ordergraph.domain.refunds import settle_pending_refunds, stale_after
+from ordergraph.outgoing_webhooks.deliveries import RETENTION, prune_finished
 
 log = logging.getLogger(__name__)
 
 
 class Sweeper:
-    """Runs `sweep_overdue_orders` every `SWEEP_INTERVAL_SECONDS` in the server process, and
-    a whole reconciliation every `RECONCILE_INTERVAL_SECONDS` (0: never)."""
+    """Runs `sweep_overdue_orders`, settles pending refunds and prunes old webhook deliveries
+    every `SWEEP_INTERVAL_SECONDS` in the server process, and a whole reconciliation every
+    `RECONCILE_INTERVAL_SECONDS` (0: never)."""
 
     def __init__(self, services: PaymentServices) -> None:
         self.services = services
@@ -35,12 +38,21 @@ class Sweeper:
                     await self._reconcile()  # which sweeps first
                 elif settled := await sweep_overdue_orders(self.services):
                     log.info("sweeper settled %d overdue orders", settled)
+                await self._refunds()
+                if pruned := await prune_finished(older_than=datetime.now(UTC) - RETENTION):
+                    log.info("sweeper pruned %d finished webhook deliveries", pruned)
             except Exception:
                 log.exception("sweeper pass failed; trying next round")
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=interval)
             except TimeoutError:
                 pass
+
+    async def _refunds(self) -> None:
+        """Refunds whose answer was lost, once no request can still be waiting for Stripe."""
+        older_than = datetime.now(UTC) - stale_after(self.services.settings)
+        if tried := await settle_pending_refunds(self.services, older_than=older_than):
+            log.info("sweeper tried %d pending refunds", tried)
 
     async def _reconcile(self) -> None:
         window = timedelta(hours=self.services.settings.reconcile_window_hours)

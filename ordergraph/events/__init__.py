@@ -9,7 +9,11 @@ or repeated hint never shows a wrong state, only a late one. The transport is ch
 - `redis://...` is Redis pub/sub (`events.redis`).
 
 Whatever the transport, each process holds one backend connection and fans the hints out to
-its own subscribers (`Fanout`), each of which has a bounded queue.
+its own subscribers (`Fanout`): those of one order, each with a bounded queue, and those of
+the whole shop (staff), each holding at most one pending hint per order.
+
+A staff note is announced as a note event (`OrderEvent.note`): it carries the note's id, never
+its text, and reaches only staff (`subscribe(..., notes=True)` and `subscribe_shop`).
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ from urllib.parse import urlsplit
 
 from ordergraph.events.base import (
     CATCH_UP,
+    SHOP_PENDING_LIMIT,
     SUBSCRIBER_QUEUE_SIZE,
     EventTransport,
     Fanout,
     Hint,
     OrderEvent,
+    ShopNews,
+    ShopSubscriber,
     Subscriber,
     reconnect_delays,
     split_channel,
@@ -34,12 +41,15 @@ from ordergraph.settings import EVENTS_SCHEMES
 
 __all__ = [
     "CATCH_UP",
+    "SHOP_PENDING_LIMIT",
     "SUBSCRIBER_QUEUE_SIZE",
     "EventTransport",
     "Fanout",
     "Hint",
     "MemoryTransport",
     "OrderEvent",
+    "ShopNews",
+    "ShopSubscriber",
     "Subscriber",
     "announce",
     "current_transport",

@@ -6,7 +6,8 @@ and never for a rollback. Each process listens on one dedicated connection (not 
 ORM's pool, which would hand it back and lose the LISTEN). A listener that dies (server
 restart, terminated backend, network) is noticed by asyncpg's termination callback or by a
 ping, replaced with backoff, and then every subscriber is told to re-read its order, since
-notifications sent while nobody listened are gone.
+notifications sent while nobody listened are gone; the whole shop's subscribers re-read what
+changed since the last ping the old listener answered.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import asyncpg
@@ -79,11 +81,14 @@ class PostgresTransport(EventTransport):
         listener = self._connection
         if listener is None or self._lost.is_set() or listener.is_closed():
             return False
+        asked = time.time()
         try:
             async with self._lock:
                 await listener.fetchval("SELECT 1", timeout=TIMEOUT_SECONDS)
         except _FAILURES:
             return False
+        if listener is self._connection:
+            self.alive_at = max(self.alive_at, asked)
         return True
 
     async def _connect(self) -> None:
@@ -114,6 +119,7 @@ class PostgresTransport(EventTransport):
         if event is None:
             log.warning("ignoring a notification on %s that is not an order event", channel)
             return
+        self.alive()
         self.fanout.deliver(event)
 
     def _on_termination(self, connection: Any) -> None:
@@ -130,7 +136,7 @@ class PostgresTransport(EventTransport):
             log.warning("lost the PostgreSQL listener for order events; reconnecting")
             await self._close_connection()
             await self._reconnect()
-            self.fanout.deliver_all()
+            self.reconnected()
 
     async def _reconnect(self) -> None:
         for delay in reconnect_delays():

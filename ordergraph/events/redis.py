@@ -5,7 +5,8 @@ that every process subscribes to with one connection. Redis pub/sub keeps nothin
 published while a listener is disconnected is lost to it. So the listener owns its reconnects
 (the client's own silent retries are off for it), backs off while Redis is away, and once
 subscribed again tells every subscriber to re-read its order. An idle listener pings, so a
-connection that died without a word is noticed too.
+connection that died without a word is noticed too. The whole shop's subscribers re-read what
+changed since the listener last heard from Redis.
 """
 
 from __future__ import annotations
@@ -120,8 +121,10 @@ class RedisTransport(EventTransport):
                 if not self._subscribed.is_set():
                     log.info("listening for order events on Redis channel %s", self.channel)
                 self._subscribed.set()
-                self.fanout.deliver_all()
-            elif message["type"] == "message":
+                self.reconnected()
+                continue
+            self.alive()  # in order on one connection: nothing published before was lost
+            if message["type"] == "message":
                 event = OrderEvent.decode(message["data"])
                 if event is None:
                     log.warning("ignoring a message on %s that is not an order event", self.channel)

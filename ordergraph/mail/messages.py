@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import html
 import logging
+from datetime import UTC
+from typing import Any
 from urllib.parse import quote
 
 from ordergraph.auth import issue_order_token
 from ordergraph.mail import outbox
 from ordergraph.mail.outbox import Composed
-from ordergraph.models import Order, OrderItem, User
+from ordergraph.models import Order, OrderItem, OrderReturn, User
 from ordergraph.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -185,6 +187,38 @@ def compose_refund(order: Order, amount: int, reason: str) -> Composed:
             reason,
             "The money usually reaches your account within 5 to 10 business days.",
         ],
+    )
+
+
+def _return_rows(lines: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(str(line["product_name"]), f"{line['quantity']} unit(s)") for line in lines]
+
+
+def compose_withdrawal_confirmed(order: Order, order_return: OrderReturn) -> Composed:
+    """The acknowledgement on a durable medium that the EU asks for: what, and exactly when."""
+    at = order_return.confirmed_at
+    stamp = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if at else "now"
+    return _compose(
+        f"Withdrawal confirmed for order {_short(order)}",
+        [
+            f"We received your withdrawal from order {order.id} on {stamp} "
+            f"(reference {order_return.id}). It covers:",
+            "If the goods have not left us yet, we refund them now. If you have them, please "
+            "send them back; we refund them when they arrive.",
+        ],
+        _return_rows(order_return.lines),
+    )
+
+
+def compose_return_rejected(order: Order, order_return: OrderReturn) -> Composed:
+    return _compose(
+        f"Your return for order {_short(order)} was declined",
+        [
+            f"We could not accept the return {order_return.id} of order {order.id}:",
+            order_return.rejection_reason or "",
+            "Reply to this mail if you have questions.",
+        ],
+        _return_rows(order_return.lines),
     )
 
 

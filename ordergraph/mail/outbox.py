@@ -6,7 +6,6 @@ the SMTP server is down, and never written for a change that rolled back. `sende
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -14,6 +13,7 @@ from tortoise.expressions import Q
 
 from ordergraph.db import after_commit
 from ordergraph.models import Order, OutboxEmail, OutboxStatus
+from ordergraph.wakeup import Wakeup
 
 
 @dataclass(frozen=True)
@@ -44,20 +44,10 @@ async def enqueue_email(
     after_commit(wake_sender)
 
 
-_wakeup: asyncio.Event | None = None
-
-
-def sender_wakeup() -> asyncio.Event:
-    """The event this process's sender waits on between passes (made on first use)."""
-    global _wakeup
-    if _wakeup is None:
-        _wakeup = asyncio.Event()
-    return _wakeup
-
-
-async def wake_sender() -> None:
-    if _wakeup is not None:
-        _wakeup.set()
+_wakeup = Wakeup()
+# The mail sender of this process waits on `sender_wakeup()`; commits call `wake_sender`.
+sender_wakeup = _wakeup.event
+wake_sender = _wakeup.wake
 
 
 async def undelivered(limit: int) -> list[OutboxEmail]:
@@ -79,8 +69,9 @@ async def retry_dead(email_id: int) -> OutboxEmail | None:
     )
     if not changed:
         return None
+    revived = await OutboxEmail.get(id=email_id)  # as revived, before a sender claims it
     await wake_sender()
-    return await OutboxEmail.get(id=email_id)
+    return revived
 
 
 async def retry_all_dead() -> int:

@@ -14,10 +14,8 @@ from strawberry.extensions import SchemaExtension
 
 from ordergraph.auth import Identity, ensure_user
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
+from ordergraph.resolvers.common_types import UserError
 from ordergraph.resolvers.context import Info
-from ordergraph.resolvers.types import (
-    UserError,
-)
 from ordergraph.stripe_gateway import PaymentProviderError
 
 MAX_PAGE = 100

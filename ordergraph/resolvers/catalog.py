@@ -5,6 +5,7 @@ from __future__ import annotations
 import strawberry
 
 from ordergraph.domain import catalog as catalog_domain
+from ordergraph.domain import stock
 from ordergraph.domain.errors import ErrorCode
 from ordergraph.domain.ids import parse_uuid
 from ordergraph.models import Product as ProductModel
@@ -15,16 +16,14 @@ from ordergraph.resolvers.base import (
     payload,
     require_user,
 )
+from ordergraph.resolvers.common_types import PageInfo, decode_cursor, encode_cursor
 from ordergraph.resolvers.context import Info
 from ordergraph.resolvers.types import (
-    PageInfo,
     Product,
     ProductConnection,
     ProductEdge,
     ProductInput,
     ProductPayload,
-    decode_cursor,
-    encode_cursor,
 )
 
 
@@ -53,8 +52,16 @@ async def products(
 
 
 async def product(info: Info, id: strawberry.ID) -> Product | None:
+    """An archived product is absent for shoppers and strangers; staff still see it (its
+    stock, its movements), as they see archived shipping rates."""
     key = parse_uuid(id)
-    row = await ProductModel.filter(id=key, active=True).first() if key else None
+    if key is None:
+        return None
+    identity = info.context.identity
+    query = ProductModel.filter(id=key)
+    if identity is None or not identity.is_staff:
+        query = query.filter(active=True)
+    row = await query.first()
     return Product.from_model(row, info.context.settings.shop_currency) if row else None
 
 
@@ -71,8 +78,26 @@ async def upsert_product(info: Info, input: ProductInput) -> ProductPayload:
                 description=input.description or "",
                 price=input.price,
                 stock=input.stock,
+                active=input.active is not False,
                 tax_code=input.tax_code,
-            )
+            ),
+            actor=f"staff:{identity.user_id}",
+        )
+        return ProductPayload(product=Product.from_model(row, info.context.settings.shop_currency))
+
+    return await payload(ProductPayload, run())
+
+
+async def adjust_stock(
+    info: Info, product_id: strawberry.ID, delta: int, reason: str
+) -> ProductPayload:
+    identity = await require_user(info)
+    if not identity.is_staff:
+        return ProductPayload(user_errors=forbidden())
+
+    async def run() -> ProductPayload:
+        row = await stock.adjust_stock(
+            str(product_id), delta, reason, actor=f"staff:{identity.user_id}"
         )
         return ProductPayload(product=Product.from_model(row, info.context.settings.shop_currency))
 

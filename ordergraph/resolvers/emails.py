@@ -14,12 +14,12 @@ from ordergraph.resolvers.base import (
     require_staff,
     require_user,
 )
+from ordergraph.resolvers.common_types import UserError
 from ordergraph.resolvers.context import Info
-from ordergraph.resolvers.types import (
+from ordergraph.resolvers.staff_types import (
     EmailPayload,
     RetryDeadEmailsPayload,
     UndeliveredEmail,
-    UserError,
 )
 
 

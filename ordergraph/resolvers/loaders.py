@@ -7,30 +7,44 @@ the life of a WebSocket.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from strawberry.dataloader import DataLoader
 
-from ordergraph.models import OrderItem, OrderStatusChange
+from ordergraph.models import OrderItem, OrderNote, OrderReturn, OrderStatusChange
 
 
-async def _order_items(order_ids: Sequence[str]) -> list[list[OrderItem]]:
-    found: dict[str, list[OrderItem]] = defaultdict(list)
-    for item in await OrderItem.filter(order_id__in=list(order_ids)).order_by("id"):
-        found[str(item.order_id)].append(item)
-    return [found[str(i)] for i in order_ids]
+class _OfOrder(Protocol):
+    order_id: Any
 
 
-async def _status_changes(order_ids: Sequence[str]) -> list[list[OrderStatusChange]]:
-    found: dict[str, list[OrderStatusChange]] = defaultdict(list)
-    for change in await OrderStatusChange.filter(order_id__in=list(order_ids)).order_by("id"):
-        found[str(change.order_id)].append(change)
-    return [found[str(i)] for i in order_ids]
+R = TypeVar("R", bound=_OfOrder)
+
+
+def _by_order(model: Any, ordering: str) -> Callable[[Sequence[str]], Awaitable[list[list[R]]]]:
+    """A load function for the rows of `model` that belong to each order, in `ordering`."""
+
+    async def load(order_ids: Sequence[str]) -> list[list[R]]:
+        found: dict[str, list[R]] = defaultdict(list)
+        for row in await model.filter(order_id__in=list(order_ids)).order_by(ordering):
+            found[str(row.order_id)].append(row)
+        return [found[str(i)] for i in order_ids]
+
+    return load
 
 
 class Loaders:
     def __init__(self) -> None:
-        self.order_items: DataLoader[str, list[OrderItem]] = DataLoader(load_fn=_order_items)
+        self.order_items: DataLoader[str, list[OrderItem]] = DataLoader(
+            load_fn=_by_order(OrderItem, "id")
+        )
         self.status_changes: DataLoader[str, list[OrderStatusChange]] = DataLoader(
-            load_fn=_status_changes
+            load_fn=_by_order(OrderStatusChange, "id")
+        )
+        self.order_returns: DataLoader[str, list[OrderReturn]] = DataLoader(
+            load_fn=_by_order(OrderReturn, "requested_at")
+        )
+        self.order_notes: DataLoader[str, list[OrderNote]] = DataLoader(
+            load_fn=_by_order(OrderNote, "id")
         )

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from typing import TypeVar
 
 import strawberry
-from tortoise.expressions import Q
-from tortoise.queryset import QuerySet
+from strawberry.types.nodes import SelectedField, Selection
 
 from ordergraph import logs
 from ordergraph.auth import order_id_from_access_token
-from ordergraph.domain import expiry, fulfilment, payments
-from ordergraph.domain.errors import ErrorCode, order_not_found
+from ordergraph.domain import expiry, fulfilment, notes, order_search, payments, refunds
+from ordergraph.domain.errors import BusinessError, ErrorCode, order_not_found
 from ordergraph.domain.ids import parse_uuid
 from ordergraph.models import Order as OrderModel
 from ordergraph.models import OrderStatus
@@ -24,16 +24,14 @@ from ordergraph.resolvers.base import (
     require_staff,
     require_user,
 )
+from ordergraph.resolvers.common_types import PageInfo, decode_cursor, encode_cursor
 from ordergraph.resolvers.context import Info
-from ordergraph.resolvers.types import (
-    Order,
-    OrderConnection,
-    OrderEdge,
-    OrderPayload,
-    PageInfo,
-    decode_cursor,
-    encode_cursor,
-)
+from ordergraph.resolvers.return_types import ReturnLineInput
+from ordergraph.resolvers.returns import return_lines
+from ordergraph.resolvers.staff_types import OrderFilter, OrderSort
+from ordergraph.resolvers.types import Order, OrderConnection, OrderEdge, OrderPayload
+
+T = TypeVar("T")
 
 
 async def order(info: Info, id: strawberry.ID, access_token: str | None = None) -> Order | None:
@@ -61,33 +59,56 @@ async def order(info: Info, id: strawberry.ID, access_token: str | None = None) 
     return Order.from_model(row) if row else None
 
 
-def _order_cursor(row: OrderModel) -> str:
-    return encode_cursor(f"{row.created_at.isoformat()}|{row.id}")
+def _selects(selections: list[Selection], name: str) -> bool:
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            if selection.name == name:
+                return True
+        elif _selects(selection.selections, name):  # a fragment's fields are the type's
+            return True
+    return False
+
+
+def _checked(make: Callable[[], T]) -> T:
+    """A domain refusal of the list's arguments, as the list's GraphQL error."""
+    try:
+        return make()
+    except BusinessError as error:
+        raise graphql_error(ErrorCode.INVALID_INPUT, str(error)) from None
 
 
 async def _order_page(
-    query: QuerySet[OrderModel], first: int | None, after: str | None
+    info: Info,
+    query: order_search.OrderQuery,
+    sort: order_search.OrderSort,
+    first: int | None,
+    after: str | None,
 ) -> OrderConnection:
+    """One keyset page (see domain/order_search.py for what a walk through the pages
+    guarantees), and `totalCount` when it is asked for: the page and the count are read at
+    the same time, on two connections where there is a pool."""
     size = page_size(first, 20)
+    start = None
     if after is not None:
-        decoded = decode_cursor(after) or ""
-        stamp, _, last_id = decoded.partition("|")
-        try:
-            created = datetime.fromisoformat(stamp)
-            if created.tzinfo is None or parse_uuid(last_id) is None:
-                raise ValueError(after)
-            created = created.astimezone(UTC)
-        except (ValueError, OverflowError):
-            raise graphql_error(
-                ErrorCode.INVALID_INPUT, "after is not a cursor from this API"
-            ) from None
-        query = query.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=last_id))
-    rows = await query.order_by("-created_at", "-id").limit(size + 1)
-    edges = [OrderEdge(cursor=_order_cursor(r), node=Order.from_model(r)) for r in rows[:size]]
+        start = _checked(lambda: order_search.position(sort, decode_cursor(after)))
+    wants_total = any(_selects(field.selections, "totalCount") for field in info.selected_fields)
+    if wants_total:
+        page, total = await asyncio.gather(
+            order_search.find_orders(query, sort, size, start), order_search.count_orders(query)
+        )
+    else:
+        page, total = await order_search.find_orders(query, sort, size, start), 0
+    edges = [
+        OrderEdge(
+            cursor=encode_cursor(order_search.cursor_text(sort, row)), node=Order.from_model(row)
+        )
+        for row in page.orders
+    ]
     return OrderConnection(
         edges=edges,
+        total_count=total,
         page_info=PageInfo(
-            has_next_page=len(rows) > size, end_cursor=edges[-1].cursor if edges else None
+            has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None
         ),
     )
 
@@ -96,7 +117,8 @@ async def my_orders(
     info: Info, first: int | None = 20, after: str | None = None
 ) -> OrderConnection:
     identity = await require_user(info)
-    return await _order_page(OrderModel.filter(user_id=identity.user_id), first, after)
+    query = order_search.order_query(user_id=identity.user_id)
+    return await _order_page(info, query, order_search.OrderSort.CREATED_DESC, first, after)
 
 
 async def orders(
@@ -104,10 +126,24 @@ async def orders(
     status: OrderStatus | None = None,
     first: int | None = 20,
     after: str | None = None,
+    filter: OrderFilter | None = None,
+    sort: OrderSort | None = OrderSort.CREATED_DESC,
 ) -> OrderConnection:
+    """Staff's order list: `status` (the older single filter) and `filter` both apply."""
     await require_staff(info)
-    query = OrderModel.all() if status is None else OrderModel.filter(status=status)
-    return await _order_page(query, first, after)
+    given = filter or OrderFilter()
+    query = _checked(
+        lambda: order_search.order_query(
+            status=status,
+            statuses=given.status,
+            payment_statuses=given.payment_status,
+            search=given.search,
+            created_from=given.created_from,
+            created_to=given.created_to,
+        )
+    )
+    order = order_search.OrderSort((sort or OrderSort.CREATED_DESC).value)
+    return await _order_page(info, query, order, first, after)
 
 
 def _order_id(order_id: str) -> str:
@@ -181,9 +217,25 @@ async def mark_order_delivered(info: Info, order_id: strawberry.ID) -> OrderPayl
     )
 
 
-async def refund_order(info: Info, order_id: strawberry.ID) -> OrderPayload:
+async def refund_order(
+    info: Info,
+    order_id: strawberry.ID,
+    amount: int | None = None,
+    lines: list[ReturnLineInput] | None = None,
+    restock: bool | None = False,
+    reason: str | None = None,
+) -> OrderPayload:
     services = info.context.services
+    request = refunds.RefundRequest(amount, return_lines(lines), bool(restock), reason)
     return await _staff_order_action(
         info,
-        lambda actor: fulfilment.refund_order(_order_id(order_id), actor=actor, services=services),
+        lambda actor: refunds.refund_order(
+            _order_id(order_id), request, actor=actor, services=services
+        ),
+    )
+
+
+async def add_order_note(info: Info, order_id: strawberry.ID, body: str) -> OrderPayload:
+    return await _staff_order_action(
+        info, lambda actor: notes.add_note(_order_id(order_id), body, author=actor)
     )

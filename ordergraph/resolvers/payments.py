@@ -5,7 +5,7 @@ from __future__ import annotations
 from ordergraph.domain.discrepancies import list_discrepancies
 from ordergraph.resolvers.base import page_size, require_staff
 from ordergraph.resolvers.context import Info
-from ordergraph.resolvers.types import PaymentDiscrepancy
+from ordergraph.resolvers.staff_types import PaymentDiscrepancy
 
 
 async def payment_discrepancies(

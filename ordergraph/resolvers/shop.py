@@ -10,6 +10,7 @@ import strawberry
 from ordergraph.domain import promotions, shipping
 from ordergraph.domain.errors import ErrorCode, Problem
 from ordergraph.resolvers.base import forbidden, page_size, payload, require_staff, require_user
+from ordergraph.resolvers.common_types import UserError
 from ordergraph.resolvers.context import Info
 from ordergraph.resolvers.shop_types import (
     PromotionCode,
@@ -19,7 +20,6 @@ from ordergraph.resolvers.shop_types import (
     ShippingRateInput,
     ShippingRatePayload,
 )
-from ordergraph.resolvers.types import UserError
 from ordergraph.stripe_gateway import PaymentProviderError
 
 STRIPE_SAID_NO = UserError.from_problem(

@@ -7,7 +7,7 @@ from datetime import datetime
 import strawberry
 
 from ordergraph import models
-from ordergraph.resolvers.types import Money, UserError
+from ordergraph.resolvers.common_types import Money, UserError
 
 
 @strawberry.type

@@ -1,11 +1,16 @@
-"""`Subscription.orderStatusChanged`: the order as it is now, then after every committed change.
+"""`Subscription.orderStatusChanged`: the order as it is now, then after every committed change;
+`Subscription.orderChanges` (staff): every order of the shop after each change, new ones too.
 
 Events are hints (order id, version). On each hint the subscriber re-reads the order, so what
 it sends is always a committed state, whatever the transport lost, repeated or reordered; and
-it sends only versions newer than the last it sent. All subscribers of an order in this
-process share one read per change (`OrderReads`), each read with DataLoaders of its own: a
-WebSocket's context lives as long as the connection, so loaders kept there would serve the
-order's history as it was when the socket opened.
+it sends only versions newer than the last it sent (for staff: or with more notes; see
+`staff_feed`). All subscribers of an order in this process share one read per change
+(`OrderReads`), each read with DataLoaders of its own: a WebSocket's context lives as long as
+the connection, so loaders kept there would serve the order's history as it was when the
+socket opened.
+
+Staff notes are announced as note events, which reach staff only: a shopper's subscription is
+not woken by a note, so it sends nothing (domain/notes.py says why).
 """
 
 from __future__ import annotations
@@ -31,8 +36,17 @@ from ordergraph.db import is_postgres
 from ordergraph.domain.errors import ErrorCode
 from ordergraph.models import Order as OrderModel
 from ordergraph.resolvers import orders
+from ordergraph.resolvers.base import require_staff
 from ordergraph.resolvers.context import Context, Info
 from ordergraph.resolvers.loaders import Loaders
+from ordergraph.resolvers.staff_feed import (
+    NOTHING_SENT,
+    Mark,
+    SentMarks,
+    newer,
+    with_missed,
+    worth_reading,
+)
 from ordergraph.resolvers.types import Order
 
 # WebSocket close code for a subscriber dropped for reading too slowly: "try again later".
@@ -109,8 +123,8 @@ class OrderReads:
 
     @staticmethod
     async def _read(order_id: str) -> Snapshot | None:
-        """The order, its lines and its history as of one moment, so that a message never
-        pairs a status with a history that has already moved on."""
+        """The order, its lines, its history and its returns as of one moment, so that a
+        message never pairs a status with a history (or a return) that has already moved on."""
         # Shared by many subscribers: the one whose request started it is not its subject.
         logs.request_id.set(None)
         loaders = Loaders()
@@ -122,6 +136,8 @@ class OrderReads:
                 return None
             await loaders.order_items.load(order_id)
             await loaders.status_changes.load(order_id)
+            # Returns too: a return's step and the refund that follows it commit apart.
+            await loaders.order_returns.load(order_id)
         return Snapshot(order, loaders)
 
     def __len__(self) -> int:
@@ -143,27 +159,40 @@ async def order_status_changed(
     order = await orders.order(info, order_id, access_token)
     if order is None:
         raise GraphQLError("No such order", extensions={"code": ErrorCode.NOT_FOUND.value})
-    return follow(context, context.request, str(order.id))
+    staff = context.identity is not None and context.identity.is_staff
+    return follow(context, context.request, str(order.id), staff=staff)
 
 
-async def follow(context: Context, websocket: WebSocket, order_id: str) -> AsyncIterator[Order]:
+async def order_changes(info: Info) -> AsyncIterator[Order]:
+    """Staff only, refused before the stream starts as orderStatusChanged refuses (no token:
+    UNAUTHENTICATED; not staff: FORBIDDEN). Nothing at first; then every order of the shop
+    after each committed change: a new order when its checkout commits, then its payment,
+    fulfilment, refunds, returns and notes."""
+    context: Context = info.context
+    if not isinstance(context.request, WebSocket):
+        raise _websocket_only()
+    await require_staff(info)
+    return follow_shop(context, context.request)
+
+
+async def follow(
+    context: Context, websocket: WebSocket, order_id: str, *, staff: bool = False
+) -> AsyncIterator[Order]:
     transport = events.current_transport()
     metrics.ACTIVE_SUBSCRIPTIONS.inc()
     try:
-        async with transport.subscribe(order_id, lambda: _drop(websocket)) as hints:
+        async with transport.subscribe(order_id, lambda: _drop(websocket), notes=staff) as hints:
             # Subscribed before the first read: a change committed after it arrives as a hint.
             since = time.monotonic()
-            last_sent = 0
+            last_sent = NOTHING_SENT
             while True:
                 snapshot = await reads.read(order_id, since)
                 if snapshot is None:
                     return  # the order is gone
-                if snapshot.order.version > last_sent:
-                    last_sent = snapshot.order.version
-                    context.loaders = snapshot.loaders
-                    message = Order.from_model(snapshot.order)
-                    message.answers = snapshot.answers
-                    yield message
+                mark = await _mark(snapshot, staff)
+                if newer(mark, last_sent):
+                    last_sent = mark
+                    yield _message(context, snapshot)
                 hint = await _news(hints, last_sent)
                 if hint is None:
                     return  # dropped for reading too slowly: its socket is being closed
@@ -172,10 +201,48 @@ async def follow(context: Context, websocket: WebSocket, order_id: str) -> Async
         metrics.ACTIVE_SUBSCRIPTIONS.dec()
 
 
-async def _news(hints: events.Subscriber, last_sent: int) -> events.Hint | None:
-    """The next hint of a change newer than the last message, or None once there are none."""
+async def follow_shop(context: Context, websocket: WebSocket) -> AsyncIterator[Order]:
+    """Every order that changes, each read once per burst of hints (they come coalesced) and
+    sent when newer than what this subscriber last sent of it."""
+    transport = events.current_transport()
+    metrics.ACTIVE_SUBSCRIPTIONS.inc()
+    try:
+        async with transport.subscribe_shop(lambda: _drop(websocket)) as feed:
+            sent = SentMarks()
+            async for news in feed:
+                for order_id, hint in (await with_missed(news)).items():
+                    if not worth_reading(hint.event, sent.get(order_id)):
+                        continue
+                    snapshot = await reads.read(order_id, hint.received)
+                    if snapshot is not None and sent.record(
+                        order_id, await _mark(snapshot, staff=True)
+                    ):
+                        yield _message(context, snapshot)
+    finally:
+        metrics.ACTIVE_SUBSCRIPTIONS.dec()
+
+
+async def _mark(snapshot: Snapshot, staff: bool) -> Mark:
+    """What the message of `snapshot` shows: its version and, to staff, how many notes (read
+    through the snapshot's loader, so the message's `notes` are these very ones)."""
+    if not staff:
+        return (snapshot.order.version, 0)
+    notes = await snapshot.loaders.order_notes.load(str(snapshot.order.id))
+    return (snapshot.order.version, len(notes))
+
+
+def _message(context: Context, snapshot: Snapshot) -> Order:
+    context.loaders = snapshot.loaders
+    message = Order.from_model(snapshot.order)
+    message.answers = snapshot.answers
+    return message
+
+
+async def _news(hints: events.Subscriber, last_sent: Mark) -> events.Hint | None:
+    """The next hint that may show something newer than the last message, or None once there
+    are none."""
     async for hint in hints:
-        if hint.event.version == events.CATCH_UP or hint.event.version > last_sent:
+        if worth_reading(hint.event, last_sent):
             return hint
     return None
 

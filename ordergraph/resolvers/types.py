@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Any
 
@@ -11,30 +10,16 @@ from strawberry.types import Info
 
 from ordergraph import models
 from ordergraph.auth import issue_order_token
-from ordergraph.domain.errors import ErrorCode as DomainErrorCode
-from ordergraph.domain.errors import Problem
-
-OrderStatus = strawberry.enum(models.OrderStatus, name="OrderStatus")
-PaymentStatus = strawberry.enum(models.PaymentStatus, name="PaymentStatus")
-ErrorCode = strawberry.enum(DomainErrorCode, name="ErrorCode")
-
-
-def encode_cursor(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode()
-
-
-def decode_cursor(cursor: str) -> str | None:
-    try:
-        value = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if value and "\x00" not in value else None
-
-
-@strawberry.type
-class Money:
-    amount: int
-    currency: str
+from ordergraph.domain import returns, stock
+from ordergraph.resolvers.common_types import (
+    Money,
+    OrderStatus,
+    PageInfo,
+    PaymentStatus,
+    UserError,
+)
+from ordergraph.resolvers.return_types import OrderReturn
+from ordergraph.resolvers.staff_types import OrderNote, StockMovement
 
 
 @strawberry.type
@@ -45,10 +30,23 @@ class Product:
     description: str
     price: Money
     stock: int = strawberry.field(description="Units that can still be reserved.")
+    active: bool = strawberry.field(
+        description="Archived products stay on past orders but cannot be carted."
+    )
     tax_code: str | None = strawberry.field(
         default=None,
         description="Stripe Tax product tax code (txcd_...), used when automatic tax is on.",
     )
+
+    @strawberry.field(
+        description="Staff only: every change of stock that was not a sale, newest first."
+    )
+    async def stock_movements(self, info: Info, first: int | None = 20) -> list[StockMovement]:
+        identity = info.context.identity
+        if identity is None or not identity.is_staff:
+            return []
+        limit = max(0, min(100, 20 if first is None else first))
+        return [StockMovement.from_model(r) for r in await stock.movements(str(self.id), limit)]
 
     @classmethod
     def from_model(cls, product: models.Product, currency: str) -> Product:
@@ -59,6 +57,7 @@ class Product:
             description=product.description,
             price=Money(amount=product.price, currency=currency),
             stock=product.stock,
+            active=product.active,
             tax_code=product.tax_code,
         )
 
@@ -117,13 +116,20 @@ class OrderLine:
     unit_price: Money
     quantity: int
     line_total: Money
+    quantity_refunded: int = strawberry.field(
+        description="Units of this line refunded so far (by line, a withdrawal or a return)."
+    )
 
 
 @strawberry.type
 class StatusChange:
     status: OrderStatus  # type: ignore[valid-type]
+    payment_status: PaymentStatus  # type: ignore[valid-type]
     at: datetime
     reason: str | None
+    actor: str | None = strawberry.field(
+        description="Staff only: who made the change (user:..., staff:..., stripe:evt_..., system)."
+    )
 
 
 @strawberry.type
@@ -172,6 +178,9 @@ class Order:
     paid_at: datetime | None
     expires_at: datetime | None
     version: strawberry.Private[int]
+    delivered_at: strawberry.Private[datetime | None]
+    # The row itself, for the rules that read it (may the shopper withdraw?).
+    row: strawberry.Private[models.Order]
     # Whose order it is: the owner (and staff) may see its accessToken.
     owner_id: strawberry.Private[str | None] = None
     # Set on subscription messages: answers shared by everyone following this snapshot.
@@ -201,6 +210,8 @@ class Order:
             paid_at=order.paid_at,
             expires_at=order.expires_at,
             version=order.version,
+            delivered_at=order.delivered_at,
+            row=order,
             owner_id=order.user_id,
         )
 
@@ -215,6 +226,7 @@ class Order:
                 unit_price=Money(amount=item.unit_price, currency=currency),
                 quantity=item.quantity,
                 line_total=Money(amount=item.unit_price * item.quantity, currency=currency),
+                quantity_refunded=item.quantity_refunded,
             )
             for item in items
         ]
@@ -234,13 +246,50 @@ class Order:
     @strawberry.field(description="Every status the order has had, oldest first.")
     async def history(self, info: Info) -> list[StatusChange]:
         changes = await info.context.loaders.status_changes.load(str(self.id))
-        return [StatusChange(status=c.status, at=c.at, reason=c.reason) for c in changes]
+        identity = info.context.identity
+        staff = identity is not None and identity.is_staff
+        return [
+            StatusChange(
+                status=c.status,
+                payment_status=c.payment_status,
+                at=c.at,
+                reason=c.reason,
+                actor=c.actor if staff else None,
+            )
+            for c in changes
+        ]
 
+    @strawberry.field(description="Staff only.")
+    async def notes(self, info: Info) -> list[OrderNote]:
+        identity = info.context.identity
+        if identity is None or not identity.is_staff:
+            return []
+        rows = await info.context.loaders.order_notes.load(str(self.id))
+        return [OrderNote.from_model(row) for row in rows]
 
-@strawberry.type
-class PageInfo:
-    has_next_page: bool
-    end_cursor: str | None
+    @strawberry.field
+    async def returns(self, info: Info) -> list[OrderReturn]:
+        rows = await info.context.loaders.order_returns.load(str(self.id))
+        return [OrderReturn.from_model(row, self.total.currency) for row in rows]
+
+    @strawberry.field(
+        description=(
+            "Until when the shopper may withdraw (delivery + the withdrawal period); null "
+            "before delivery."
+        )
+    )
+    def withdrawal_deadline(self, info: Info) -> datetime | None:
+        return returns.withdrawal_deadline(self.row, info.context.settings)
+
+    @strawberry.field(
+        description=(
+            "Whether the shopper may withdraw now (requestWithdrawal): paid, within the "
+            "period, and units left that are neither refunded nor on their way back."
+        )
+    )
+    async def can_withdraw(self, info: Info) -> bool:
+        items = await info.context.loaders.order_items.load(str(self.id))
+        return returns.can_withdraw(self.row, items, info.context.settings)
 
 
 @strawberry.type
@@ -265,30 +314,7 @@ class OrderEdge:
 class OrderConnection:
     edges: list[OrderEdge]
     page_info: PageInfo
-
-
-@strawberry.type
-class UserError:
-    code: ErrorCode  # type: ignore[valid-type]
-    message: str
-    field: list[str] | None = strawberry.field(
-        default=None, description="Path to the input field at fault, when there is one."
-    )
-    product_id: strawberry.ID | None = strawberry.field(
-        default=None,
-        description="For OUT_OF_STOCK: the product at fault and how many units are left.",
-    )
-    available: int | None = None
-
-    @classmethod
-    def from_problem(cls, problem: Problem) -> UserError:
-        return cls(
-            code=problem.code,
-            message=problem.message,
-            field=list(problem.field) if problem.field else None,
-            product_id=strawberry.ID(problem.product_id) if problem.product_id else None,
-            available=problem.available,
-        )
+    total_count: int
 
 
 @strawberry.type
@@ -301,6 +327,13 @@ class CartPayload:
 class CheckoutPayload:
     order_id: strawberry.ID | None = None
     client_secret: str | None = None
+    order: Order | None = None
+    user_errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class ReturnPayload:
+    order_return: OrderReturn | None = None
     order: Order | None = None
     user_errors: list[UserError] = strawberry.field(default_factory=list)
 
@@ -337,74 +370,5 @@ class ProductInput:
     description: str | None = ""
     price: int
     stock: int
+    active: bool | None = True
     tax_code: str | None = None
-
-
-@strawberry.type
-class PaymentDiscrepancy:
-    id: strawberry.ID
-    order_id: strawberry.ID | None
-    checkout_session_id: str | None
-    kind: str = strawberry.field(
-        description="e.g. PAID_NOT_RECORDED, REFUSED_PAYMENT, AMOUNT_MISMATCH, UNKNOWN_AT_STRIPE."
-    )
-    detail: str
-    action: str = strawberry.field(
-        description="What the service did about it (refunded, cancelled, left for staff)."
-    )
-    found_at: datetime
-    resolved_at: datetime | None
-
-    @classmethod
-    def from_model(cls, row: models.PaymentDiscrepancy) -> PaymentDiscrepancy:
-        return cls(
-            id=strawberry.ID(str(row.id)),
-            order_id=strawberry.ID(str(row.order_id)) if row.order_id else None,
-            checkout_session_id=row.checkout_session_id,
-            kind=row.kind,
-            detail=row.detail,
-            action=row.action,
-            found_at=row.found_at,
-            resolved_at=row.resolved_at,
-        )
-
-
-@strawberry.type(description="A mail the outbox could not deliver yet, or gave up on (DEAD).")
-class UndeliveredEmail:
-    id: strawberry.ID
-    order_id: strawberry.ID | None
-    recipient: str
-    subject: str
-    status: str
-    attempts: int
-    last_error: str | None
-    next_attempt_at: datetime
-    created_at: datetime
-
-    @classmethod
-    def from_model(cls, row: models.OutboxEmail) -> UndeliveredEmail:
-        return cls(
-            id=strawberry.ID(str(row.id)),
-            order_id=strawberry.ID(str(row.order_id)) if row.order_id else None,
-            recipient=row.recipient,
-            subject=row.subject,
-            status=row.status.name,
-            attempts=row.attempts,
-            last_error=row.last_error,
-            next_attempt_at=row.next_attempt_at,
-            created_at=row.created_at,
-        )
-
-
-@strawberry.type
-class EmailPayload:
-    email: UndeliveredEmail | None = None
-    user_errors: list[UserError] = strawberry.field(default_factory=list)
-
-
-@strawberry.type
-class RetryDeadEmailsPayload:
-    retried: int | None = strawberry.field(
-        default=None, description="How many DEAD mails were given a fresh set of tries."
-    )
-    user_errors: list[UserError] = strawberry.field(default_factory=list)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ordergraph.stripe_emulator.delivery import build_event, deliver
 from ordergraph.stripe_emulator.errors import StripeApiError, _invalid
+from ordergraph.stripe_emulator.listing import list_page
 from ordergraph.stripe_emulator.params import _check_unknown, _dict_param, _int_param
 from ordergraph.stripe_emulator.payment_intents import charge_of
 from ordergraph.stripe_emulator.state import ApiRoute, EmulatorState, _Call, _new_id, _now, _Result
@@ -49,6 +50,8 @@ async def create_refund(state: EmulatorState, call: _Call) -> _Result:
     if reason is not None and reason not in REFUND_REASONS:
         raise _invalid(f"Invalid reason: must be one of {', '.join(REFUND_REASONS)}", "reason")
     metadata = _dict_param(p.get("metadata", {}), "metadata")
+    # Checked before anything changes, as Stripe refuses the whole request.
+    state.expand({"object": "refund", "charge": None, "payment_intent": None}, p.get("expand"))
     if pi["status"] != "succeeded":
         raise StripeApiError(
             400,
@@ -131,6 +134,30 @@ async def create_refund(state: EmulatorState, call: _Call) -> _Result:
     return _Result(200, state.expand(refund, p.get("expand")), after)
 
 
+# Stripe's RefundListParams.
+REFUND_LIST_PARAMS = frozenset(
+    "charge created ending_before expand limit payment_intent starting_after".split()
+)
+
+
+async def list_refunds(state: EmulatorState, call: _Call) -> _Result:
+    """``GET /v1/refunds``: newest first, filtered by ``payment_intent`` or ``charge``."""
+    p = call.params
+    _check_unknown(p, REFUND_LIST_PARAMS)
+    intent, charge = p.get("payment_intent"), p.get("charge")
+    page = list_page(
+        state,
+        p,
+        state.refunds,
+        "refund",
+        "/v1/refunds",
+        lambda refund: (
+            intent in (None, refund["payment_intent"]) and charge in (None, refund["charge"])
+        ),
+    )
+    return _Result(200, page)
+
+
 async def retrieve_refund(state: EmulatorState, call: _Call, refund_id: str) -> _Result:
     """``GET /v1/refunds/{id}``."""
     refund = state.get(state.refunds, "refund", refund_id, "id")
@@ -139,5 +166,6 @@ async def retrieve_refund(state: EmulatorState, call: _Call, refund_id: str) -> 
 
 ROUTES: list[ApiRoute] = [
     ("POST", r"/v1/refunds", create_refund),
+    ("GET", r"/v1/refunds", list_refunds),
     ("GET", r"/v1/refunds/([^/]+)", retrieve_refund),
 ]

@@ -34,7 +34,7 @@ def test_demo_completes_a_purchase_and_a_second_run_works_too() -> None:
         done = demo()
         assert done.returncode == 0, done.stdout + done.stderr
         out = done.stdout
-        assert "demo passed: 19 steps" in out, out
+        assert "demo passed: 22 steps" in out, out
         assert LIVE in out
         assert re.search(
             r"mail +4 received: Your receipt for order \w+; .* is being packed; "
@@ -61,7 +61,9 @@ def test_demo_completes_a_purchase_and_a_second_run_works_too() -> None:
             rf"subtotal [\d.]+ USD, .*total {total} USD",
             out,
         ), out
-        guest = re.search(r"guest order +([0-9a-f-]{36}): PAYMENT_CONFIRMED/PAID, guest@", out)
+        guest = re.search(
+            r"guest order +([0-9a-f-]{36}): PAYMENT_CONFIRMED/PARTIALLY_REFUNDED, guest@", out
+        )
         assert guest, out
         money = re.search(
             r"guest money +subtotal ([\d.]+) USD, discount \(DEMO20\) -([\d.]+) USD, "
@@ -74,6 +76,10 @@ def test_demo_completes_a_purchase_and_a_second_run_works_too() -> None:
         assert discount == round(subtotal * 0.20)  # 20 % off the lines
         assert tax == round((subtotal - discount) * 0.19) + round(1500 * 0.19)  # DE, 19 %
         assert paid == subtotal - discount + 1500 + tax
+        # One unit of two withdrawn before shipping: half of what was charged less shipping.
+        withdrawn = re.search(r"withdrawal +1 unit, ([\d.]+) USD refunded", out)
+        assert withdrawn, out
+        assert round(float(withdrawn.group(1)) * 100) == (paid - 1500) // 2
     assert orders[0] != orders[1]
 
 
@@ -85,7 +91,7 @@ def test_a_failing_step_stops_the_demo_with_a_non_zero_exit() -> None:
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "checkout: FAILED" in done.stdout
-    assert "demo FAILED" in done.stderr and "step 4 (checkout)" in done.stderr
+    assert "demo FAILED" in done.stderr and "step 5 (checkout)" in done.stderr
     assert "noSuchField" in done.stderr
     assert "demo passed" not in done.stdout
 

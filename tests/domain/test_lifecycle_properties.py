@@ -8,13 +8,25 @@ is lost, disputes lost after payment, checkouts cut short between commit and ses
 every event is in, a sweep with Stripe reachable leaves no order PENDING_PAYMENT past its
 expiry.
 
+Then the paid orders of the after-payment stories (`lifecycle_steps`) are fulfilled, refunded
+in part or whole, withdrawn from and returned through the API, interleaved and with requests
+sent twice, and the ledger holds: a product's units out of stock are exactly those the orders
+hold or shipped, less what was restocked, plus what was refunded before shipping and written
+off; each unit is refunded and restocked at most once; no order gets back more than it paid,
+and each refund request is one Stripe refund.
+
+And every change is told to the shop's webhook endpoint exactly once, in the transaction of
+the change: an order's events carry its versions one by one, each with the status and payment
+status of the history row of that version.
+
 Stripe is modelled as it behaves: a delivery answered with 5xx is delivered again later.
 """
 
 from __future__ import annotations
 
+import json
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,9 +54,19 @@ from ordergraph.models import (
     OutboxEmail,
     PaymentStatus,
     Product,
+    WebhookDelivery,
+    WebhookEvent,
 )
+from ordergraph.outgoing_webhooks import endpoints
 from ordergraph.stripe_emulator import Delivery
 from tests.conftest import Harness, SmtpServer, reset_service
+from tests.domain.lifecycle_steps import (
+    API_SCENARIOS,
+    Plan,
+    plan_after_payment,
+    refunds_hold,
+    run_after_payment,
+)
 from tests.utils.helpers import ADD_TO_CART, CHECKOUT
 
 SCENARIOS = [
@@ -142,7 +164,7 @@ async def _story(app: Harness, order_id: str, scenario: str) -> Story:
         opened = await _unsent(app, lambda: emulator.dispute(intent))
         lost = await _unsent(app, lambda: emulator.dispute(intent, status="lost"))
         story.steps += [("event", paid.event), ("event", opened), ("event", lost)]
-    elif scenario in ("paid", "paid_swept"):
+    elif scenario in ("paid", "paid_swept", *API_SCENARIOS):
         story.steps.append(
             ("event", (await emulator.complete_session(session_id, deliver=False)).event)
         )
@@ -168,21 +190,34 @@ async def _story(app: Harness, order_id: str, scenario: str) -> Story:
     return story
 
 
-async def _check_invariants(products: dict[str, Product], initial: dict[str, int]) -> None:
+async def _check_invariants(
+    app: Harness, products: dict[str, Product], initial: dict[str, int]
+) -> None:
     """Read in one snapshot: the service's own sweeper may settle an order meanwhile."""
     async with transaction() as connection:
         if is_postgres(connection):
             await connection.execute_script("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        await _invariants_hold(products, initial)
+        await _invariants_hold(app, products, initial)
 
 
-async def _invariants_hold(products: dict[str, Product], initial: dict[str, int]) -> None:
-    holding: Counter[str] = Counter()
+async def _invariants_hold(
+    app: Harness, products: dict[str, Product], initial: dict[str, int]
+) -> None:
     orders = {str(o.id): o for o in await Order.all()}
-    held = {k for k, o in orders.items() if o.status in HOLDS_STOCK or o.status in SHIPPED_STATES}
+    paths: defaultdict[str, list[tuple[OrderStatus, PaymentStatus]]] = defaultdict(list)
+    for change in await OrderStatusChange.all().order_by("id"):
+        paths[str(change.order_id)].append((change.status, change.payment_status))
+    holding: Counter[str] = Counter()
     for item in await OrderItem.all():
-        if str(item.order_id) in held:
-            holding[str(item.product_id)] += item.quantity
+        refunded, restocked = item.quantity_refunded, item.quantity_restocked
+        assert 0 <= restocked <= refunded, (item.id, refunded, restocked)
+        assert 0 <= item.quantity_returning <= item.quantity - refunded, item.id
+        order = orders[str(item.order_id)]
+        shipped = any(status in SHIPPED_STATES for status, _ in paths[str(item.order_id)])
+        # Held or shipped: every unit is out but those restocked; otherwise only those
+        # refunded before the order let go of the rest, less those restocked.
+        out = item.quantity if order.status in HOLDS_STOCK or shipped else refunded
+        holding[str(item.product_id)] += out - restocked
     for name, product in products.items():
         await product.refresh_from_db()
         assert product.stock >= 0, (name, product.stock)
@@ -192,8 +227,7 @@ async def _invariants_hold(products: dict[str, Product], initial: dict[str, int]
             holding,
         )
     for order_id, order in orders.items():
-        changes = await OrderStatusChange.filter(order_id=order_id).order_by("id")
-        path = [(c.status, c.payment_status) for c in changes]
+        path = paths[order_id]
         assert path[0] == (OrderStatus.PENDING_PAYMENT, PaymentStatus.PENDING)
         for (s1, p1), (s2, p2) in pairwise(path):
             assert s1 == s2 or s2 in TRANSITIONS[s1], path
@@ -203,6 +237,32 @@ async def _invariants_hold(products: dict[str, Product], initial: dict[str, int]
         e.order_id for e in await OutboxEmail.filter(dedupe_key__startswith="receipt:")
     )
     assert all(count == 1 for count in receipts.values()), receipts
+    await refunds_hold(app, orders)
+    await _each_change_told_once(paths)
+
+
+async def _each_change_told_once(
+    paths: dict[str, list[tuple[OrderStatus, PaymentStatus]]],
+) -> None:
+    told: defaultdict[str, list[tuple[int, OrderStatus, PaymentStatus, str]]] = defaultdict(list)
+    for event in await WebhookEvent.all():
+        order = json.loads(event.body)["data"]["order"]
+        told[order["id"]].append(
+            (
+                order["version"],
+                OrderStatus[order["status"]],
+                PaymentStatus[order["paymentStatus"]],
+                event.type,
+            )
+        )
+    assert set(told) == set(paths)
+    for order_id, path in paths.items():
+        events = sorted(told[order_id])
+        assert [version for version, *_ in events] == list(range(1, len(path) + 1)), events
+        assert [(status, payment) for _, status, payment, _ in events] == path, events
+        assert events[0][3] == "order.created"
+    # One endpoint: one delivery per event.
+    assert await WebhookDelivery.all().count() == sum(len(e) for e in told.values())
 
 
 async def _step(app: Harness, kind: str, value: Any, retry: list[tuple[str, Any]]) -> None:
@@ -226,15 +286,19 @@ async def _step(app: Harness, kind: str, value: Any, retry: list[tuple[str, Any]
 
 
 @settings(
-    max_examples=40,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    scenarios=st.lists(st.sampled_from(SCENARIOS), min_size=2, max_size=4),
+    # Half the stories go on after payment (`lifecycle_steps`), half are those above.
+    scenarios=st.lists(
+        st.sampled_from(SCENARIOS) | st.sampled_from(API_SCENARIOS), min_size=2, max_size=4
+    ),
     quantities=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=4, max_size=4),
     duplicates=st.lists(st.integers(0, 50), max_size=6),
     seed=st.integers(0, 2**32 - 1),
+    after_seed=st.integers(0, 2**32 - 1),
 )
 async def test_any_interleaving_keeps_stock_and_ends_in_the_ordered_state(
     harness: Harness,
@@ -243,9 +307,15 @@ async def test_any_interleaving_keeps_stock_and_ends_in_the_ordered_state(
     quantities: list[tuple[int, int]],
     duplicates: list[int],
     seed: int,
+    after_seed: int,
 ) -> None:
     app = harness
     await reset_service(app, smtp)
+    # The shop's endpoint hears of every change; paused, so that its deliveries wait.
+    endpoint, _ = await endpoints.create_endpoint(
+        "https://erp.example.test/hooks", ["*"], actor="staff:test", settings=app.settings
+    )
+    await endpoints.set_endpoint_active(str(endpoint.id), False)
     products = {
         name: await Product.create(sku=name, name=f"Product {name}", price=1000, stock=stock)
         for name, stock in STOCK.items()
@@ -261,7 +331,7 @@ async def test_any_interleaving_keeps_stock_and_ends_in_the_ordered_state(
             order_id = await _place(app, f"shopper-{index}", lines)
         if order_id is not None:  # refused for short stock: nothing to follow
             stories.append(await _story(app, order_id, scenario))
-    await _check_invariants(products, STOCK)
+    await _check_invariants(app, products, STOCK)
 
     steps = [step for story in stories for step in story.steps]
     if steps:
@@ -270,30 +340,43 @@ async def test_any_interleaving_keeps_stock_and_ends_in_the_ordered_state(
     retry: list[tuple[str, Any]] = []
     for kind, value in steps:
         await _step(app, kind, value, retry)
-        await _check_invariants(products, STOCK)
+        await _check_invariants(app, products, STOCK)
     for _ in range(5):
         pending, retry = retry, []
         for kind, value in pending:
             await _step(app, kind, value, retry)
-            await _check_invariants(products, STOCK)
+            await _check_invariants(app, products, STOCK)
     assert retry == []
     await app.emulator.drain()
-    await _check_invariants(products, STOCK)
+    await _check_invariants(app, products, STOCK)
+
+    # Every payment is in: the after-payment stories go on through the API.
+    plans: dict[str, Plan] = {}
+    rnd = random.Random(after_seed)
+    for story in stories:
+        if story.scenario in API_SCENARIOS:
+            plans[story.order_id] = await plan_after_payment(story.order_id, story.scenario, rnd)
+    await run_after_payment(
+        app, list(plans.values()), rnd, lambda: _check_invariants(app, products, STOCK)
+    )
+    await app.emulator.drain()
+    await _check_invariants(app, products, STOCK)
 
     # Every event is in: one sweep, with Stripe reachable and every claim lapsed, settles
     # every order past its expiry.
     later = datetime.now(UTC) + timedelta(hours=2)
     await sweep_overdue_orders(app.asgi.state.services, now=later)
     await app.emulator.drain()
-    await _check_invariants(products, STOCK)
+    await _check_invariants(app, products, STOCK)
     overdue = Order.filter(status=OrderStatus.PENDING_PAYMENT, expires_at__lt=later)
     assert await overdue.count() == 0
-    refunded = Counter((r["payment_intent"], r["amount"]) for r in app.emulator.refunds.values())
-    assert all(count == 1 for count in refunded.values()), refunded
 
     for story in stories:
         order = await Order.get(id=story.order_id)
-        assert (order.status.value, order.payment_status.value) == EXPECTED[story.scenario], (
+        plan = plans.get(story.order_id)
+        expected = plan.expected if plan else EXPECTED[story.scenario]
+        assert (order.status.value, order.payment_status.value) == expected, (
             story.scenario,
             [kind for kind, _ in story.steps],
+            plan,
         )

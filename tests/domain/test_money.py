@@ -189,9 +189,15 @@ async def test_a_refund_after_a_discount_refunds_what_was_charged(
     order = await Order.get(id=order_id)
     assert (order.amount_refunded, order.total, order.subtotal) == (4000, 4000, 5000)
     assert await stock_of(product) == 10
-    # Asked again: nothing is left to refund.
+    # Asked again, the same request is the same refund; another one finds nothing left.
     again = await app.gql(REFUND, {"id": order_id}, token=app.token("sam", staff=True))
-    assert again["data"]["refundOrder"]["userErrors"] != []
+    assert again["data"]["refundOrder"]["userErrors"] == []
+    more = await app.gql(
+        "mutation($id: ID!) { refundOrder(orderId: $id, amount: 1) { userErrors { code } } }",
+        {"id": order_id},
+        token=app.token("sam", staff=True),
+    )
+    assert more["data"]["refundOrder"]["userErrors"] == [{"code": "INVALID_TRANSITION"}]
     assert len(app.emulator.refunds) == 1
 
 

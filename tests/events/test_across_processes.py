@@ -4,10 +4,7 @@ Every test runs once with `EVENTS_URL=postgres://...` and once with `redis://...
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -15,13 +12,14 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from ordergraph.models import Order
-from tests.conftest import BACKEND, Harness, SmtpServer, service_env
+from tests.conftest import BACKEND, Harness
 from tests.utils.helpers import checked_out_order, make_product, run_ordergraph
 from tests.utils.live import (
     GRAPHQL_WS,
     PROTOCOLS,
     REDIS_CHANNEL,
     TRANSPORT_WS,
+    Cluster,
     Follower,
     RawSocket,
     ServerProcess,
@@ -29,6 +27,7 @@ from tests.utils.live import (
     kill_postgres_listeners,
     kill_redis_listeners,
     redis_events_url,
+    two_processes,
     unique,
 )
 
@@ -39,40 +38,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@dataclass
-class Cluster:
-    transport: str
-    a: ServerProcess
-    b: ServerProcess
-
-
-@pytest.fixture(scope="module", params=["postgres", "redis"])
-async def cluster(
-    request: pytest.FixtureRequest,
-    harness: Harness,
-    database_url: str,
-    stripe_server: tuple[object, str],
-    smtp: SmtpServer,
-) -> AsyncIterator[Cluster]:
-    """Processes A and B, started once per transport (the harness has migrated the database)."""
-    if request.param == "postgres":
-        events_url = database_url
-    else:
-        events_url = request.getfixturevalue("redis_events_url")
-    # The processes' own expiry sweepers are off: expiry is the command's test.
-    env = service_env(
-        database_url,
-        stripe_server[1],
-        smtp.port,
-        EVENTS_URL=events_url,
-        SWEEP_INTERVAL_SECONDS="0",
-    )
-    a, b = ServerProcess(env, "a"), ServerProcess(env, "b")
-    try:
-        await asyncio.gather(a.start(), b.start())
-        yield Cluster(request.param, a, b)
-    finally:
-        await asyncio.gather(a.stop(), b.stop())
+cluster = two_processes("")
 
 
 async def _order_on(app: Harness, process: ServerProcess, owner: str) -> str:

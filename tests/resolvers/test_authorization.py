@@ -12,6 +12,7 @@ mail, calls to Stripe) and must not show the order it was refused.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -27,21 +28,29 @@ from websockets.exceptions import ConnectionClosed
 from ordergraph.auth import decode_token, issue_token
 from ordergraph.models import (
     CartItem,
+    DeliveryStatus,
     GuestSession,
     Order,
+    OrderNote,
+    OrderReturn,
     OutboxEmail,
     OutboxStatus,
     PaymentDiscrepancy,
     Product,
     PromotionCode,
     ShippingRate,
+    StockMovement,
     User,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
 )
+from ordergraph.outgoing_webhooks import endpoints
 from ordergraph.schema import build_schema
 from tests.conftest import JWT_SECRET, Harness
 from tests.utils.dbstate import snapshot, user_ids, without_cart_of
 from tests.utils.helpers import add_to_cart, checked_out_order, make_product, stock_of
-from tests.utils.live import TRANSPORT_WS, Follower, RawSocket
+from tests.utils.live import TRANSPORT_WS, Follower, Live, RawSocket
 
 ROLES = ("anonymous", "owner", "stranger", "staff", "guest", "access-token")
 USERS = {"owner": "olive", "stranger": "mallory", "staff": "clerk", "guest": "guest:matrix"}
@@ -73,6 +82,9 @@ class World:
     dead_mail_id: int
     access_token: str
     promo_id: str = ""
+    return_id: str = ""
+    webhook_endpoint_id: str = ""
+    webhook_delivery_id: str = ""
 
     def token(self, role: str) -> str | None:
         if role in TOKENLESS:
@@ -89,8 +101,9 @@ class World:
         return variables
 
 
-STAGES = ("pending", "completed", "paid", "awaiting", "shipped")
+STAGES = ("pending", "completed", "paid", "awaiting", "shipped", "requested", "returning")
 
+FEED = "subscription { orderChanges { id status notes { body } } }"
 ORDER_MUTATION = (
     "mutation($o: ID!) { %s(orderId: $o) { order { id status } userErrors { code message } } }"
 )
@@ -116,18 +129,19 @@ async def build_world(app: Harness, stage: str) -> World:
     assert session_id
     if stage == "completed":  # paid at Stripe, the webhook not (yet) here
         await app.emulator.complete_session(session_id, deliver=False)
-    elif stage in ("paid", "awaiting", "shipped"):
+    elif stage in ("paid", "awaiting", "shipped", "requested", "returning"):
         delivery = await app.emulator.complete_session(session_id)
         assert delivery.status_code == 200, delivery.body
     staff = app.token(USERS["staff"], staff=True)
-    if stage in ("awaiting", "shipped"):
+    if stage in ("awaiting", "shipped", "returning"):
         body = await app.gql(
             ORDER_MUTATION % "markOrderAwaitingShipment", {"o": order_id}, token=staff
         )
         assert body["data"]["markOrderAwaitingShipment"]["userErrors"] == [], body
-    if stage == "shipped":
+    if stage in ("shipped", "returning"):
         body = await app.gql(SHIP, {"o": order_id}, token=staff)
         assert body["data"]["markOrderShipped"]["userErrors"] == [], body
+    return_id = await _withdrawn(app, order_id, owner, stage) if stage in RETURNS else ""
     # A receipt that could not be delivered, for the staff's mail operations.
     dead = await OutboxEmail.create(
         dedupe_key=f"test-dead:{order_id}",
@@ -164,9 +178,86 @@ async def build_world(app: Harness, stage: str) -> World:
     promo = body["data"]["createPromotionCode"]
     assert promo["userErrors"] == [], body
     await app.emulator.drain()
+    endpoint_id, delivery_id = await _webhook_endpoint_with_a_dead_delivery(app, order_id)
     return World(
-        app, tee, mug, order_id, session_id, dead.id, access_token, promo["promotionCode"]["id"]
+        app,
+        tee,
+        mug,
+        order_id,
+        session_id,
+        dead.id,
+        access_token,
+        promo["promotionCode"]["id"],
+        return_id,
+        webhook_endpoint_id=endpoint_id,
+        webhook_delivery_id=delivery_id,
     )
+
+
+# Never sent to: the world's endpoint is paused, and what a test registers hears only of
+# payments, which come before.
+NOWHERE = "http://127.0.0.1:9/matrix"
+
+
+async def _webhook_endpoint_with_a_dead_delivery(app: Harness, order_id: str) -> tuple[str, str]:
+    """A paused webhook endpoint (registered after the order, so it has heard of nothing) and
+    a delivery of it that gave up, for the staff's webhook operations. Paused, it sends nothing:
+    not what a replay makes due again, nor what the operations tried here write."""
+    endpoint, _ = await endpoints.create_endpoint(
+        NOWHERE, ["*"], actor="staff:setup", settings=app.settings
+    )
+    await WebhookEndpoint.filter(id=endpoint.id).update(active=False)
+    now = datetime.now(UTC)
+    event = await WebhookEvent.create(
+        type="order.created", order_id=order_id, body="{}", created_at=now
+    )
+    delivery = await WebhookDelivery.create(
+        endpoint_id=endpoint.id,
+        event_id=event.id,
+        order_id=order_id,
+        event_type="order.created",
+        status=DeliveryStatus.DEAD,
+        attempts=7,
+        response_status=503,
+        last_error="HTTP 503",
+        next_attempt_at=now,
+        created_at=now,
+    )
+    return str(endpoint.id), str(delivery.id)
+
+
+# Stages with a withdrawal of the owner's: requested (before shipping), or confirmed after
+# delivery (a return on its way back to the shop).
+RETURNS = ("requested", "returning")
+REQUEST = """mutation($o: ID!, $a: String) {
+  requestWithdrawal(orderId: $o, accessToken: $a) {
+    orderReturn { id status lines { productId quantity } } order { id status }
+    userErrors { code message }
+  }
+}"""
+CONFIRM = """mutation($r: ID!, $a: String) {
+  confirmWithdrawal(returnId: $r, accessToken: $a) {
+    orderReturn { id status refunded { amount } } order { id status paymentStatus }
+    userErrors { code message }
+  }
+}"""
+
+
+async def _withdrawn(app: Harness, order_id: str, owner: str, stage: str) -> str:
+    if stage == "returning":
+        body = await app.gql(
+            ORDER_MUTATION % "markOrderDelivered",
+            {"o": order_id},
+            token=app.token(USERS["staff"], staff=True),
+        )
+        assert body["data"]["markOrderDelivered"]["userErrors"] == [], body
+    body = await app.gql(REQUEST, {"o": order_id}, token=owner)
+    assert body["data"]["requestWithdrawal"]["userErrors"] == [], body
+    return_id: str = body["data"]["requestWithdrawal"]["orderReturn"]["id"]
+    if stage == "returning":
+        body = await app.gql(CONFIRM, {"r": return_id}, token=owner)
+        assert body["data"]["confirmWithdrawal"]["orderReturn"]["status"] == "CONFIRMED", body
+    return return_id
 
 
 Effect = Callable[[World, str, Any], Awaitable[None]]
@@ -342,6 +433,57 @@ async def _refunded(world: World, role: str, answer: Any) -> None:
     assert [r["amount"] for r in world.app.emulator.refunds.values()] == [5000]
 
 
+async def _withdrawal_requested(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == [], answer
+    assert answer["orderReturn"]["status"] == "REQUESTED"
+    assert answer["orderReturn"]["lines"] == [{"productId": str(world.tee.id), "quantity": 2}]
+    [row] = await OrderReturn.all()
+    assert (str(row.order_id), row.status.value) == (world.order_id, "requested")
+
+
+async def _withdrawal_confirmed(world: World, role: str, answer: Any) -> None:
+    """Before shipping: refunded at once, the units released."""
+    assert answer["userErrors"] == [], answer
+    assert answer["orderReturn"]["status"] == "REFUNDED"
+    assert answer["orderReturn"]["refunded"] == {"amount": 5000}
+    assert await _order_status(world) == ("refunded", "refunded")
+    assert await stock_of(world.tee) == 10
+    assert [r["amount"] for r in world.app.emulator.refunds.values()] == [5000]
+
+
+async def _return_received(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == [], answer
+    assert answer["orderReturn"]["status"] == "REFUNDED"
+    assert await _order_status(world) == ("refunded", "refunded")
+    assert await stock_of(world.tee) == 10  # the goods are back on the shelf
+
+
+async def _return_rejected(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == [], answer
+    assert answer["orderReturn"]["status"] == "REJECTED"
+    assert await _order_status(world) == ("delivered", "paid")
+    assert world.app.emulator.refunds == {}
+
+
+async def _stock_adjusted(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == [] and answer["product"]["stock"] == 7, answer
+    assert await stock_of(world.mug) == 7
+    [movement] = await StockMovement.filter(product_id=world.mug.id)
+    assert (movement.delta, movement.stock_after, movement.actor) == (2, 7, f"staff:{USERS[role]}")
+
+
+async def _note_added(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == [], answer
+    assert [n["body"] for n in answer["order"]["notes"]] == ["Call before delivery"]
+    [note] = await OrderNote.filter(order_id=world.order_id)
+    assert (note.body, note.author) == ("Call before delivery", f"staff:{USERS[role]}")
+
+
+async def _feeds_the_shop(world: World, role: str, answer: Any) -> None:
+    assert answer["id"] == world.order_id and answer["status"] == "PENDING_PAYMENT"
+    assert [n["body"] for n in answer["notes"]] == ["matrix"]
+
+
 async def _lists_undelivered_mail(world: World, role: str, answer: Any) -> None:
     assert [(m["id"], m["status"], m["orderId"]) for m in answer] == [
         (str(world.dead_mail_id), "DEAD", world.order_id)
@@ -380,6 +522,63 @@ async def _code_deactivated(world: World, role: str, answer: Any) -> None:
     row = await PromotionCode.get(id=int(world.promo_id))
     assert not row.active
     assert not world.app.emulator.promotion_codes[row.stripe_promotion_code_id]["active"]
+
+
+async def _lists_webhook_endpoints(world: World, role: str, answer: Any) -> None:
+    assert answer == [
+        {"id": world.webhook_endpoint_id, "url": NOWHERE, "events": ["*"], "active": False}
+    ]
+
+
+async def _lists_webhook_deliveries(world: World, role: str, answer: Any) -> None:
+    assert answer == [
+        {
+            "id": world.webhook_delivery_id,
+            "endpointId": world.webhook_endpoint_id,
+            "eventType": "order.created",
+            "status": "DEAD",
+            "attempts": 7,
+            "nextAttemptAt": None,
+        }
+    ]
+
+
+async def _webhook_endpoint_created(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == [], answer
+    assert answer["endpoint"]["url"] == NOWHERE and answer["endpoint"]["active"]
+    row = await WebhookEndpoint.get(id=answer["endpoint"]["id"])
+    assert (row.events, row.created_by) == (["order.paid"], f"staff:{USERS[role]}")
+    assert answer["secret"] == row.secret and row.secret.startswith("whsec_")
+    assert await WebhookEndpoint.all().count() == 2
+
+
+async def _webhook_endpoint_resumed(world: World, role: str, answer: Any) -> None:
+    assert answer == {
+        "endpoint": {"id": world.webhook_endpoint_id, "active": True},
+        "secret": None,
+        "userErrors": [],
+    }
+    assert (await WebhookEndpoint.get(id=world.webhook_endpoint_id)).active
+
+
+async def _webhook_endpoint_deleted(world: World, role: str, answer: Any) -> None:
+    assert answer == {
+        "endpoint": {"id": world.webhook_endpoint_id, "active": False},
+        "secret": None,
+        "userErrors": [],
+    }
+    assert await WebhookEndpoint.all().count() == 0
+    assert await WebhookDelivery.all().count() == 0  # its deliveries went with it
+
+
+async def _webhook_delivery_replayed(world: World, role: str, answer: Any) -> None:
+    assert answer["userErrors"] == [], answer
+    assert answer["delivery"]["id"] == world.webhook_delivery_id
+    assert answer["delivery"]["status"] == "PENDING" and answer["delivery"]["nextAttemptAt"]
+    row = await WebhookDelivery.get(id=int(world.webhook_delivery_id))
+    # Due again, with a new retry window; its endpoint is paused, so it waits.
+    assert (row.status, row.attempts, row.claim) == (DeliveryStatus.PENDING, 7, None)
+    assert row.retry_until is not None and row.retry_until > datetime.now(UTC)
 
 
 async def _mail_retried(world: World, role: str, answer: Any) -> None:
@@ -481,6 +680,20 @@ OPERATIONS: dict[str, Operation] = {
         _roles(UNAUTHENTICATED, FORBIDDEN_ERROR, FORBIDDEN_ERROR, ALLOWED),
         _lists_codes,
     ),
+    "webhookEndpoints": Operation(
+        "query",
+        "{ webhookEndpoints { id url events active } }",
+        _roles(UNAUTHENTICATED, FORBIDDEN_ERROR, FORBIDDEN_ERROR, ALLOWED),
+        _lists_webhook_endpoints,
+    ),
+    "webhookDeliveries": Operation(
+        "query",
+        """query($e: ID) { webhookDeliveries(endpointId: $e, status: "DEAD") {
+             id endpointId eventType status attempts nextAttemptAt } }""",
+        _roles(UNAUTHENTICATED, FORBIDDEN_ERROR, FORBIDDEN_ERROR, ALLOWED),
+        _lists_webhook_deliveries,
+        variables=lambda world: {"e": world.webhook_endpoint_id},
+    ),
     # Mutations on the caller's own cart
     "addToCart": Operation(
         "mutation",
@@ -533,6 +746,23 @@ OPERATIONS: dict[str, Operation] = {
         stage="completed",
         variables=_order_var,
     ),
+    # The shopper's withdrawal: the owner or the order's access token, nobody else
+    "requestWithdrawal": Operation(
+        "mutation",
+        REQUEST,
+        _roles(UNAUTHENTICATED, ALLOWED, NOT_FOUND, NOT_FOUND, access=ALLOWED),
+        _withdrawal_requested,
+        stage="paid",
+        variables=_order_var,
+    ),
+    "confirmWithdrawal": Operation(
+        "mutation",
+        CONFIRM,
+        _roles(UNAUTHENTICATED, ALLOWED, NOT_FOUND, NOT_FOUND, access=ALLOWED),
+        _withdrawal_confirmed,
+        stage="requested",
+        variables=lambda world: {"r": world.return_id},
+    ),
     # Anyone: a guest identity
     "startGuestSession": Operation(
         "mutation",
@@ -570,6 +800,54 @@ OPERATIONS: dict[str, Operation] = {
         _code_deactivated,
         variables=lambda world: {"c": world.promo_id},
     ),
+    "createWebhookEndpoint": Operation(
+        "mutation",
+        """mutation($u: String!) { createWebhookEndpoint(url: $u, events: ["order.paid"]) {
+             endpoint { id url active } secret userErrors { code message } } }""",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _webhook_endpoint_created,
+        variables=lambda world: {"u": NOWHERE},
+    ),
+    "setWebhookEndpointActive": Operation(
+        "mutation",
+        """mutation($w: ID!) { setWebhookEndpointActive(id: $w, active: true) {
+             endpoint { id active } secret userErrors { code message } } }""",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _webhook_endpoint_resumed,
+        variables=lambda world: {"w": world.webhook_endpoint_id},
+    ),
+    "deleteWebhookEndpoint": Operation(
+        "mutation",
+        """mutation($w: ID!) { deleteWebhookEndpoint(id: $w) {
+             endpoint { id active } secret userErrors { code message } } }""",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _webhook_endpoint_deleted,
+        variables=lambda world: {"w": world.webhook_endpoint_id},
+    ),
+    "replayWebhookDelivery": Operation(
+        "mutation",
+        """mutation($d: ID!) { replayWebhookDelivery(id: $d) {
+             delivery { id status nextAttemptAt } userErrors { code message } } }""",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _webhook_delivery_replayed,
+        variables=lambda world: {"d": world.webhook_delivery_id},
+    ),
+    "adjustStock": Operation(
+        "mutation",
+        """mutation($p: ID!) { adjustStock(productId: $p, delta: 2, reason: "found two") {
+             product { id stock } userErrors { code message } } }""",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _stock_adjusted,
+        variables=_mug_var,
+    ),
+    "addOrderNote": Operation(
+        "mutation",
+        """mutation($o: ID!) { addOrderNote(orderId: $o, body: "Call before delivery") {
+             order { id notes { body author } } userErrors { code message } } }""",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _note_added,
+        variables=_order_var,
+    ),
     "markOrderAwaitingShipment": Operation(
         "mutation",
         ORDER_MUTATION % "markOrderAwaitingShipment",
@@ -602,6 +880,24 @@ OPERATIONS: dict[str, Operation] = {
         stage="paid",
         variables=_order_var,
     ),
+    "receiveReturn": Operation(
+        "mutation",
+        """mutation($r: ID!) { receiveReturn(returnId: $r) {
+             orderReturn { id status } order { id status } userErrors { code message } } }""",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _return_received,
+        stage="returning",
+        variables=lambda world: {"r": world.return_id},
+    ),
+    "rejectReturn": Operation(
+        "mutation",
+        """mutation($r: ID!) { rejectReturn(returnId: $r, reason: "Worn") {
+             orderReturn { id status } order { id status } userErrors { code message } } }""",
+        _roles(UNAUTHENTICATED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        _return_rejected,
+        stage="returning",
+        variables=lambda world: {"r": world.return_id},
+    ),
     "retryEmail": Operation(
         "mutation",
         """mutation($m: ID!) { retryEmail(id: $m) {
@@ -617,6 +913,12 @@ OPERATIONS: dict[str, Operation] = {
         _all_dead_mail_retried,
     ),
     # Subscription
+    "orderChanges": Operation(
+        "subscription",
+        FEED,
+        _roles(UNAUTHENTICATED, FORBIDDEN_ERROR, FORBIDDEN_ERROR, ALLOWED),
+        _feeds_the_shop,
+    ),
     "orderStatusChanged": Operation(
         "subscription",
         "$a: String",  # sent by tests.utils.live.Follower (with the access token, if any)
@@ -661,13 +963,29 @@ async def _ask(app: Harness, document: str, variables: dict[str, Any], token: st
     return response
 
 
-async def _subscribe(world: World, role: str) -> tuple[str, Any]:
-    """('next', the first order) or ('error', the one error), over graphql-transport-ws."""
+async def _subscribe(world: World, name: str, role: str) -> tuple[str, Any]:
+    """('next', the first message) or ('error', the one error), over graphql-transport-ws.
+    The whole-shop feed sends nothing when it opens: a staff note on the order makes its
+    first message (the note is the feed's effect, not the caller's)."""
+    refused = OPERATIONS[name].expect[role] in REFUSALS
+    if name == "orderChanges":
+        async with Live(world.app.url, world.token(role), FEED) as feed:
+            if refused:
+                return "error", await feed.refused()
+            await asyncio.sleep(0.2)  # subscribed before the change
+            note = await world.app.gql(
+                """mutation($o: ID!) { addOrderNote(orderId: $o, body: "matrix") {
+                     userErrors { code } } }""",
+                {"o": world.order_id},
+                token=world.app.token(USERS["staff"], staff=True),
+            )
+            assert note["data"]["addOrderNote"]["userErrors"] == [], note
+            return "next", await feed.next()
     access = world.access_token if role == "access-token" else None
     async with Follower(
         world.app.url, world.token(role), world.order_id, TRANSPORT_WS, access_token=access
     ) as follower:
-        if OPERATIONS["orderStatusChanged"].expect[role] in REFUSALS:
+        if refused:
             return "error", await follower.refused()
         return "next", await follower.next()
 
@@ -691,7 +1009,7 @@ async def test_authorization_matrix(app: Harness, kind: str, name: str, role: st
     users_before = await user_ids()
 
     if kind == "subscription":
-        what, answer = await _subscribe(world, role)
+        what, answer = await _subscribe(world, name, role)
         text = json.dumps(answer)
         errors = [answer] if what == "error" else []
         payload = answer if what == "next" else None
@@ -732,6 +1050,8 @@ async def test_authorization_matrix(app: Harness, kind: str, name: str, role: st
 
     assert errors == [], text
     await operation.effect(world, role, payload)
+    if name == "orderChanges":  # the staff note that made the feed's first message
+        after["notes"] = before["notes"]
     if kind != "mutation":
         assert after == before, "a read changed the stored state"
     elif expected == OWN:

@@ -35,12 +35,14 @@ from hypothesis import strategies as st
 from hypothesis_graphql import Mode, from_schema, mutations, nodes, queries
 from websockets.exceptions import ConnectionClosed
 
-from ordergraph.models import Order, OutboxEmail, OutboxStatus
+from ordergraph.models import Order, OutboxEmail, OutboxStatus, WebhookDelivery, WebhookEndpoint
+from ordergraph.outgoing_webhooks import endpoints
 from ordergraph.schema import schema_sdl
 from tests.conftest import Harness, outbox_settled
 from tests.utils.dbstate import constraint_violations
 from tests.utils.helpers import checked_out_order, make_product
 from tests.utils.live import TRANSPORT_WS, RawSocket
+from tests.utils.receivers import receiving
 
 SDL = schema_sdl()
 LEAKS = ("Traceback", 'File "', "asyncpg", "sqlite3", "IntegrityError", "SELECT ", "INSERT ")
@@ -58,6 +60,11 @@ assert QUERY_EXAMPLES + MUTATION_EXAMPLES + INVALID_EXAMPLES >= MIN_OPERATIONS
 # Ids of the rows the fuzz world holds, read by the ID strategy when it draws (set before
 # Hypothesis runs, unchanged while it does).
 ID_POOL: list[str] = []
+# Strings that mean something to the service (a webhook receiver's URL, event types), drawn
+# beside the awkward ones so that registering an endpoint can succeed.
+STRING_POOL: list[str] = []
+# A paused webhook endpoint's URL: nothing listens there, and nothing is sent while it is paused.
+NOWHERE = "http://127.0.0.1:9/fuzz"
 
 
 def _cursor(value: str) -> str:
@@ -101,8 +108,11 @@ ID_VALUES = st.one_of(
 INT_VALUES = st.one_of(
     st.integers(-2, 12), st.integers(-(2**31), 2**31 - 1), st.sampled_from([0, 1000, 1001])
 ).map(nodes.Int)
+_pooled_string = st.integers(0, 1_000).map(
+    lambda i: STRING_POOL[i % len(STRING_POOL)] if STRING_POOL else ""
+)
 STRING_VALUES = st.one_of(
-    st.sampled_from(AWKWARD_STRINGS), st.text(max_size=80), st.text(max_size=5)
+    st.sampled_from(AWKWARD_STRINGS), st.text(max_size=80), st.text(max_size=5), _pooled_string
 ).map(nodes.String)
 CUSTOM = {"ID": ID_VALUES, "Int": INT_VALUES, "String": STRING_VALUES}
 
@@ -187,8 +197,14 @@ class Sender:
         )
 
 
-async def _world(app: Harness) -> None:
-    """Products, orders in several states, a dead mail: something for every id to hit."""
+async def _world(app: Harness, receiver_url: str) -> None:
+    """Products, orders in several states, a dead mail, a withdrawal, webhook endpoints (one
+    sending to a receiver, one paused) with their deliveries: something for every id to hit."""
+    hooks = [
+        (await endpoints.create_endpoint(url, ["*"], actor="staff:fuzz", settings=app.settings))[0]
+        for url in (receiver_url, NOWHERE)
+    ]
+    await WebhookEndpoint.filter(id=hooks[1].id).update(active=False)
     products = [
         await make_product(sku, price=price, stock=stock)
         for sku, price, stock in (("TEE", 2500, 40), ("MUG", 1000, 40), ("CAP", 0, 3))
@@ -214,11 +230,34 @@ async def _world(app: Harness) -> None:
         attempts=5,
         next_attempt_at=datetime.now(UTC),
     )
-    ID_POOL[:] = [str(p.id) for p in products] + orders + [str(dead.id)]
+    # A withdrawal requested on the paid order, for the return mutations to hit.
+    body = await app.gql(
+        "mutation($o: ID!) { requestWithdrawal(orderId: $o) { orderReturn { id } } }",
+        {"o": orders[1]},
+        token=shopper,
+    )
+    return_id = body["data"]["requestWithdrawal"]["orderReturn"]["id"]
+    deliveries = await WebhookDelivery.all().order_by("id").values_list("id", flat=True)
+    assert len(deliveries) >= 2 * len(orders)
+    ID_POOL[:] = (
+        [str(p.id) for p in products]
+        + orders
+        + [str(dead.id), return_id]
+        + [str(h.id) for h in hooks]
+        + [str(d) for d in deliveries]
+    )
+    STRING_POOL[:] = [receiver_url, NOWHERE, "*", "order.paid", "return.requested"]
 
 
 async def _fuzz(app: Harness, strategy: st.SearchStrategy[str], examples: int) -> Sender:
-    await _world(app)
+    async with receiving() as receiver:
+        return await _fuzz_with(app, strategy, examples, receiver.url)
+
+
+async def _fuzz_with(
+    app: Harness, strategy: st.SearchStrategy[str], examples: int, receiver_url: str
+) -> Sender:
+    await _world(app, receiver_url)
     tokens = {"staff": app.token("fuzz-staff", staff=True), "shopper": app.token("fuzz-shopper")}
     sender = Sender(app, asyncio.get_running_loop(), tokens)
 
@@ -289,6 +328,9 @@ def test_the_generated_operations_are_valid_against_the_schema() -> None:
 
 
 # Inputs that generated runs reach only by luck, each sent as its own case.
+REPLAY = (
+    "mutation($d: ID!) { replayWebhookDelivery(id: $d) { delivery { id } userErrors { code } } }"
+)
 EDGES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "products after a cursor of NUL": (
         "shopper",
@@ -355,6 +397,61 @@ EDGES: dict[str, tuple[str, str, dict[str, Any]]] = {
         "mutation { retryDeadEmails { retried userErrors { code } } }",
         {},
     ),
+    "createWebhookEndpoint with NUL in the URL": (
+        "staff",
+        """mutation($u: String!) { createWebhookEndpoint(url: $u, events: ["*"])
+             { endpoint { id } secret userErrors { code field } } }""",
+        {"u": "http://127.0.0.1:9/\x00"},
+    ),
+    "createWebhookEndpoint with NUL in an event type": (
+        "staff",
+        """mutation($e: String!) { createWebhookEndpoint(url: "http://127.0.0.1:9/", events: [$e])
+             { endpoint { id } secret userErrors { code field } } }""",
+        {"e": "order.paid\x00"},
+    ),
+    "createWebhookEndpoint with a thousand event types": (
+        "staff",
+        """mutation($e: [String!]!) { createWebhookEndpoint(url: "http://127.0.0.1:9/", events: $e)
+             { endpoint { id } secret userErrors { code field } } }""",
+        {"e": [f"order.{n}" for n in range(1000)]},
+    ),
+    "replayWebhookDelivery with a superscript digit as id": (
+        "staff",
+        REPLAY,
+        {"d": "\u00b2"},
+    ),
+    "replayWebhookDelivery with Arabic-Indic digits as id": (
+        "staff",
+        REPLAY,
+        {"d": "\u0663\u0664"},
+    ),
+    "replayWebhookDelivery with an id past 64 bits": (
+        "staff",
+        REPLAY,
+        {"d": "99999999999999999999"},
+    ),
+    "setWebhookEndpointActive with NUL in the id": (
+        "staff",
+        """mutation($w: ID!) { setWebhookEndpointActive(id: $w, active: true)
+             { endpoint { id } userErrors { code } } }""",
+        {"w": "\x00"},
+    ),
+    "deleteWebhookEndpoint with a braced UUID": (
+        "staff",
+        """mutation($w: ID!) { deleteWebhookEndpoint(id: $w)
+             { endpoint { id } userErrors { code } } }""",
+        {"w": "{00000000-0000-4000-8000-000000000000}"},
+    ),
+    "webhookDeliveries with NUL as status": (
+        "staff",
+        "query($s: String) { webhookDeliveries(status: $s) { id } }",
+        {"s": "\x00"},
+    ),
+    "webhookDeliveries with NUL in the endpoint id": (
+        "staff",
+        "query($e: ID) { webhookDeliveries(endpointId: $e) { id } }",
+        {"e": "\x00"},
+    ),
     "addToCart with the largest Int": (
         "shopper",
         """mutation($p: ID!) { addToCart(productId: $p, quantity: 2147483647)
@@ -386,8 +483,9 @@ async def test_awkward_inputs_get_a_clear_answer(
     assert (await app.gql(awaiting, {"o": order_id}, token=staff))["data"] == {
         "markOrderAwaitingShipment": {"userErrors": []}
     }
+    placeholders = {"<paid order>": order_id, "<product>": str(product.id)}
     filled = {
-        key: {"<paid order>": order_id, "<product>": str(product.id)}.get(value, value)
+        key: placeholders.get(value, value) if isinstance(value, str) else value
         for key, value in variables.items()
     }
     token = staff if role == "staff" else app.token("fuzz-shopper")

@@ -11,6 +11,9 @@ from ordergraph.models import (
     GuestSession,
     Order,
     OrderItem,
+    OrderNote,
+    OrderRefund,
+    OrderReturn,
     OrderStatusChange,
     OutboxEmail,
     OutboxStatus,
@@ -20,8 +23,13 @@ from ordergraph.models import (
     Product,
     PromotionCode,
     ShippingRate,
+    StockMovement,
     User,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
 )
+from ordergraph.outgoing_webhooks.endpoints import MAX_ENDPOINTS
 from ordergraph.stripe_emulator import StripeEmulator
 
 
@@ -45,11 +53,20 @@ async def snapshot(emulator: StripeEmulator | None = None) -> dict[str, Any]:
                 o.stripe_checkout_session_id,
                 o.stripe_payment_intent_id,
                 str(o.shipping_address),
+                str(o.delivered_at),
             )
             for o in await Order.all()
         ),
         "order_items": sorted(
-            (str(i.order_id), str(i.product_id), i.quantity, i.unit_price)
+            (
+                str(i.order_id),
+                str(i.product_id),
+                i.quantity,
+                i.unit_price,
+                i.quantity_refunded,
+                i.quantity_restocked,
+                i.quantity_returning,
+            )
             for i in await OrderItem.all()
         ),
         "history": sorted(
@@ -59,6 +76,27 @@ async def snapshot(emulator: StripeEmulator | None = None) -> dict[str, Any]:
         "products": sorted(
             (p.sku, str(p.id), p.name, p.description, p.price, p.stock, p.active, p.tax_code)
             for p in await Product.all()
+        ),
+        "refunds": sorted(
+            (r.request_key, str(r.order_id), r.amount, r.stripe_refund_id)
+            for r in await OrderRefund.all()
+        ),
+        "returns": sorted(
+            (
+                str(r.id),
+                r.status.value,
+                str(r.lines),
+                r.rejection_reason or "",
+                r.refunded_amount,
+                str(r.confirmed_at),
+                str(r.received_at),
+            )
+            for r in await OrderReturn.all()
+        ),
+        "notes": sorted((str(n.order_id), n.body, n.author) for n in await OrderNote.all()),
+        "stock_movements": sorted(
+            (str(m.product_id), m.delta, m.stock_after, m.reason, m.actor)
+            for m in await StockMovement.all()
         ),
         "carts": sorted((c.user_id, str(c.product_id), c.quantity) for c in await CartItem.all()),
         "trackers": sorted(
@@ -89,6 +127,43 @@ async def snapshot(emulator: StripeEmulator | None = None) -> dict[str, Any]:
         "dead_mail": sorted(
             (e.dedupe_key, e.attempts) for e in await OutboxEmail.filter(status=OutboxStatus.DEAD)
         ),
+        # Whether an endpoint has a secret, never the secret itself (nor a hash of it).
+        "webhook_endpoints": sorted(
+            (
+                str(e.id),
+                e.slot,
+                e.url,
+                str(e.events),
+                e.active,
+                e.created_by,
+                str(e.created_at),
+                bool(e.secret),
+            )
+            for e in await WebhookEndpoint.all()
+        ),
+        "webhook_events": sorted(
+            (str(e.id), e.type, str(e.order_id), e.body, str(e.created_at))
+            for e in await WebhookEvent.all()
+        ),
+        # All but the sender's lease (`claim`, `claimed_until`): no request takes one.
+        "webhook_deliveries": sorted(
+            (
+                d.id,
+                str(d.endpoint_id),
+                str(d.event_id),
+                str(d.order_id),
+                d.event_type,
+                d.status.value,
+                d.attempts,
+                str(d.next_attempt_at),
+                str(d.retry_until),
+                d.response_status,
+                d.last_error or "",
+                str(d.created_at),
+                str(d.delivered_at),
+            )
+            for d in await WebhookDelivery.all()
+        ),
     }
     if emulator is not None:
         state["stripe_calls"] = [(r.method, r.path) for r in emulator.requests]
@@ -107,8 +182,17 @@ async def user_ids() -> set[str]:
 async def constraint_violations() -> list[str]:
     """What the stored data must never show, whatever clients sent: negative stock, empty cart
     lines or order lines, an order whose total is not the sum of its lines, an order whose
-    history does not end where it is."""
+    history does not end where it is, more webhook endpoints than the limit, an endpoint
+    without a secret or without event types."""
     problems: list[str] = []
+    webhook_endpoints = await WebhookEndpoint.all()
+    if len(webhook_endpoints) > MAX_ENDPOINTS:
+        problems.append(f"{len(webhook_endpoints)} webhook endpoints, over {MAX_ENDPOINTS}")
+    for endpoint in webhook_endpoints:
+        if not endpoint.secret.startswith("whsec_") or not endpoint.events:
+            problems.append(f"webhook endpoint {endpoint.id} has no secret or no event types")
+        if not 1 <= endpoint.slot <= MAX_ENDPOINTS:
+            problems.append(f"webhook endpoint {endpoint.id} has slot {endpoint.slot}")
     for product in await Product.all():
         if product.stock < 0:
             problems.append(f"product {product.sku!r} has stock {product.stock}")

@@ -12,7 +12,8 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,7 +30,7 @@ from redis.asyncio import Redis
 from websockets.typing import Origin, Subprotocol
 
 from ordergraph.events.postgres import APPLICATION_NAME
-from tests.conftest import IN_CI, free_port
+from tests.conftest import IN_CI, SmtpServer, free_port, service_env
 from tests.utils.helpers import ORDER_FIELDS
 
 TRANSPORT_WS = "graphql-transport-ws"
@@ -320,3 +321,95 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
         if result or time.monotonic() > deadline:
             return result
         await asyncio.sleep(0.1)
+
+
+ORDER_CHANGES = """subscription {
+  orderChanges { id status paymentStatus history { status } notes { body author } }
+}"""
+
+
+class Live(Follower):
+    """`Follower`'s client, for any subscription document (`orderChanges` among them)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        query: str = ORDER_CHANGES,
+        variables: dict[str, Any] | None = None,
+        protocol: str = TRANSPORT_WS,
+    ) -> None:
+        super().__init__(url, token, "", protocol)
+        self.request = GraphQLRequest(query, variable_values=variables or {})
+        self.marks: dict[str, tuple[int, int]] = {}
+
+    async def __aenter__(self) -> Live:
+        session = await self.client.connect_async()
+
+        async def collect() -> None:
+            try:
+                async for result in session.subscribe(self.request):
+                    await self.messages.put(next(iter(result.values())))
+            except Exception as exc:
+                await self.messages.put(exc)
+
+        self.task = asyncio.create_task(collect())
+        return self
+
+    async def order(
+        self, order_id: str, check: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """The first message of `order_id` that passes `check`, skipping any other; every
+        message of one order is newer than the one before (more history, or more notes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            message = await self.next(max(0.1, deadline - time.monotonic()))
+            mark = (len(message["history"]), len(message.get("notes") or ()))
+            last = self.marks.get(message["id"], (0, 0))
+            assert mark[0] > last[0] or mark[1] > last[1], (message, last)
+            self.marks[message["id"]] = mark
+            if message["id"] == order_id and check(message):
+                return message
+
+
+@dataclass
+class Cluster:
+    transport: str
+    a: ServerProcess
+    b: ServerProcess
+
+
+def two_processes(prefix: str) -> Any:
+    """A module-scoped `cluster` fixture: processes A and B on the test database, started once
+    with PostgreSQL events and once with Redis events.
+
+    Their own expiry sweepers are off, so that only a test's command expires an order.
+    """
+
+    @pytest.fixture(scope="module", params=["postgres", "redis"])
+    async def cluster(
+        request: pytest.FixtureRequest,
+        harness: object,  # migrates the database first
+        database_url: str,
+        stripe_server: tuple[object, str],
+        smtp: SmtpServer,
+    ) -> AsyncIterator[Cluster]:
+        if request.param == "postgres":
+            events_url = database_url
+        else:
+            events_url = request.getfixturevalue("redis_events_url")
+        env = service_env(
+            database_url,
+            stripe_server[1],
+            smtp.port,
+            EVENTS_URL=events_url,
+            SWEEP_INTERVAL_SECONDS="0",
+        )
+        a, b = ServerProcess(env, f"{prefix}a"), ServerProcess(env, f"{prefix}b")
+        try:
+            await asyncio.gather(a.start(), b.start())
+            yield Cluster(request.param, a, b)
+        finally:
+            await asyncio.gather(a.stop(), b.stop())
+
+    return cluster

@@ -17,7 +17,8 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -27,51 +28,19 @@ from playwright.async_api import (
     Page,
     Request,
     WebSocket,
-    async_playwright,
     expect,
 )
 
-from ordergraph.models import Order
+from ordergraph.models import Order, OrderItem, OrderReturn, Product, ReturnStatus
 from ordergraph.stripe_emulator import StripeEmulator
-from tests.conftest import IN_CI, OUTPUT_DIR, Harness, Mailbox, SmtpServer, service_env
-from tests.utils.helpers import checked_out_order, make_product
-from tests.utils.live import ServerProcess, unique
+from tests.conftest import OUTPUT_DIR, Harness, Mailbox, SmtpServer, service_env
+from tests.utils.helpers import checked_out_order, make_product, stock_of
+from tests.utils.live import ServerProcess, eventually, unique
 from tests.utils.shop import create_code, offered_rate, upsert_rate
 
-CHROMIUM = Path("/usr/bin/chromium")
-# No internet here: without these Chromium keeps trying to reach Google's services.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = OUTPUT_DIR / "success-page-confirmed.png"
+WITHDRAWAL_SCREENSHOT = OUTPUT_DIR / "success-page-withdrawal-phone.png"
 TIMEOUT_MS = 10_000
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Path:
-    """Debian's Chromium; Playwright's own browser download is never used."""
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is not installed (apt-get install chromium)"
-        if IN_CI:
-            pytest.fail(f"CI must run the browser tests: {reason}")
-        pytest.skip(reason)
-    return CHROMIUM
-
-
-@pytest.fixture(scope="module")
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium_browser = await playwright.chromium.launch(
-            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium_browser
-        await chromium_browser.close()
 
 
 @asynccontextmanager
@@ -434,5 +403,300 @@ async def test_after_a_lost_connection_the_first_message_brings_what_was_missed(
         await expect(live).to_have_text("live")
         assert len(watch.sockets) >= 2, watch.sockets
         assert (watch.queries, watch.sync_calls) == (2, 1)  # the order query and the sync only
+    finally:
+        await page.context.close()
+
+
+# ---------------------------------------------------------------- withdrawal (EU, two steps)
+
+STAFF_ACTION = "mutation($id: ID!) { %s(orderId: $id) { order { status } userErrors { code } } }"
+SHIP = """mutation($id: ID!) {
+  markOrderShipped(orderId: $id, trackingNumber: "1Z999", carrier: "UPS") {
+    order { status } userErrors { code }
+  }
+}"""
+RECEIVE = """mutation($id: ID!) {
+  receiveReturn(returnId: $id) { orderReturn { status } userErrors { code message } }
+}"""
+ORDER_LINK = re.compile(r"/order-success/([0-9a-f-]{36})\?access=([^\s\"<]+)")
+# The page writes "2 \u00d7 Stoneware mug" (a multiplication sign).
+TIMES = "\u00d7"
+# A time as en-US writes it ("Nov 26, 2026, 2:29 PM"), whatever space precedes the PM.
+SHOWN_TIME = re.compile(r"^[A-Z][a-z]{2} \d{1,2}, \d{4}, \d{1,2}:\d{2}\s?[AP]M$")
+
+
+async def _paid_order(
+    app: Harness, shop: ServerProcess, mailbox: Mailbox, product: Product, quantity: int
+) -> tuple[str, str, str]:
+    """A shopper's order paid at Stripe: (order id, shopper's token, the receipt's link path)."""
+    shopper = app.token(unique("shopper"))
+    placed = await checked_out_order(
+        dataclasses.replace(app, url=shop.url), shopper, product, quantity
+    )
+    order = await Order.get(id=placed["orderId"])
+    assert order.stripe_checkout_session_id is not None
+    delivery = await app.emulator.complete_session(order.stripe_checkout_session_id)
+    assert delivery.status_code == 200, delivery.body
+    receipt = await _mail(mailbox, f"Your receipt for order {str(order.id)[:8]}")
+    link = ORDER_LINK.search(_text(receipt))
+    assert link and link.group(1) == str(order.id), _text(receipt)
+    return str(order.id), shopper, link.group(0)
+
+
+async def _deliver(app: Harness, order_id: str) -> None:
+    """Staff pack, ship and deliver the order through the API."""
+    staff = app.token("sam", staff=True)
+    for action in (
+        STAFF_ACTION % "markOrderAwaitingShipment",
+        SHIP,
+        STAFF_ACTION % "markOrderDelivered",
+    ):
+        body = await app.gql(action, {"id": order_id}, token=staff)
+        assert [p["userErrors"] for p in body["data"].values()] == [[]], body
+
+
+async def _mail(mailbox: Mailbox, subject: str) -> EmailMessage:
+    async def find() -> EmailMessage | None:
+        return next((m for m in mailbox.messages if m["Subject"] == subject), None)
+
+    found: EmailMessage | None = await eventually(find)
+    assert found is not None, (subject, [m["Subject"] for m in mailbox.messages])
+    return found
+
+
+def _text(message: EmailMessage) -> str:
+    body = message.get_body(preferencelist=("plain",))
+    assert body is not None
+    content: str = body.get_content()
+    return content
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def _only_return(order_id: str) -> OrderReturn:
+    [order_return] = await OrderReturn.filter(order_id=order_id)
+    return order_return
+
+
+async def test_a_shopper_withdraws_on_the_success_page_and_sees_the_acknowledgement(
+    browser: Browser, shop: ServerProcess, app: Harness, mailbox: Mailbox
+) -> None:
+    """Before the order ships, the receipt's link (?access=..., no bearer token) opens the
+    order; "Withdraw" asks for the withdrawal of everything, "Confirm withdrawal" makes it: the
+    page acknowledges it with its time, and the shop refunds at once (Stripe), restocks, records
+    the return as refunded and mails the acknowledgement."""
+    product = await make_product(unique("MUG"), price=1200, stock=10, name="Stoneware mug")
+    order_id, _, link = await _paid_order(app, shop, mailbox, product, 2)
+    assert await stock_of(product) == 8
+
+    page, watch = await _new_page(browser)
+    try:
+        response = await page.goto(f"{shop.url}{link}")
+        assert response is not None and response.status == 200
+        await expect(page.get_by_test_id("status")).to_have_text(
+            "PAYMENT_CONFIRMED", timeout=TIMEOUT_MS
+        )
+        await expect(page.get_by_test_id("live")).to_have_text("live", timeout=TIMEOUT_MS)
+        await expect(page.get_by_test_id("returns")).to_be_hidden()
+
+        # Step 1: the request binds nothing yet, and says so.
+        await page.get_by_test_id("withdraw").click()
+        confirm = page.get_by_test_id("confirm-withdrawal")
+        await expect(confirm).to_be_visible(timeout=TIMEOUT_MS)
+        await expect(confirm).to_be_focused()
+        await expect(page.get_by_test_id("confirm-lines").locator("li")).to_have_text(
+            [f"2 {TIMES} Stoneware mug"]
+        )
+        returns = page.get_by_test_id("returns").locator("li[data-status]")
+        await expect(returns).to_have_count(1)
+        await expect(returns.get_by_test_id("return-status")).to_have_text("REQUESTED")
+        await expect(returns.get_by_test_id("return-text")).to_have_text(
+            "Waiting for your confirmation."
+        )
+        requested = await _only_return(order_id)
+        assert requested.status == ReturnStatus.REQUESTED and requested.confirmed_at is None
+        assert await stock_of(product) == 8
+
+        # Put off, then taken up again: the same request, not a second one.
+        await page.get_by_test_id("cancel-withdrawal").click()
+        await expect(confirm).to_be_hidden()
+        await expect(page.get_by_test_id("withdraw")).to_be_focused()
+        await page.get_by_test_id("withdraw").click()
+        await expect(confirm).to_be_visible()
+        assert (await _only_return(order_id)).id == requested.id
+
+        # Step 2: confirmed, and (nothing shipped yet) refunded at once.
+        await confirm.click()
+        ack = page.get_by_test_id("withdrawal-ack")
+        await expect(ack).to_be_visible(timeout=TIMEOUT_MS)
+        await expect(ack).to_be_focused()
+        await expect(ack).to_contain_text("Withdrawal confirmed")
+        # Inside a live region that was there before it appeared: screen readers announce it.
+        assert await page.locator("[aria-live] [data-testid=withdrawal-ack]").count() == 1
+        await expect(page.get_by_test_id("withdrawal-lines").locator("li")).to_have_text(
+            [f"2 {TIMES} Stoneware mug"]
+        )
+        await expect(page.get_by_test_id("withdrawal-outcome")).to_contain_text(
+            "We have refunded $24.00"
+        )
+        await expect(returns.get_by_test_id("return-status")).to_have_text("REFUNDED")
+        await expect(returns.get_by_test_id("return-text")).to_have_text("Refunded $24.00.")
+        await expect(page.get_by_test_id("payment-status")).to_have_text("REFUNDED")
+        await expect(page.get_by_test_id("withdraw")).to_be_hidden()  # nothing left to withdraw
+        await expect(page.get_by_test_id("withdrawal-error")).to_be_hidden()
+
+        refunded = await _only_return(order_id)
+        assert refunded.id == requested.id
+        assert refunded.status == ReturnStatus.REFUNDED
+        assert refunded.is_withdrawal
+        assert refunded.refunded_amount == 2400
+        assert refunded.confirmed_at is not None
+        assert [(str(line["product_id"]), line["quantity"]) for line in refunded.lines] == [
+            (str(product.id), 2)
+        ]
+        # The time on the page is the one the shop recorded, in the reader's format.
+        shown = page.get_by_test_id("withdrawal-time")
+        stamp = await shown.get_attribute("datetime")
+        assert stamp and datetime.fromisoformat(stamp) == _utc(refunded.confirmed_at), stamp
+        assert SHOWN_TIME.match((await shown.inner_text()).strip()), await shown.inner_text()
+
+        assert await stock_of(product) == 10  # never left the shop: back on the shelf
+        [item] = await OrderItem.filter(order_id=order_id)
+        assert item.quantity_refunded == 2
+        order = await Order.get(id=order_id)
+        assert order.amount_refunded == 2400
+        assert [(r["amount"], r["payment_intent"]) for r in app.emulator.refunds.values()] == [
+            (2400, order.stripe_payment_intent_id)
+        ]
+
+        mail = await _mail(mailbox, f"Withdrawal confirmed for order {order_id[:8]}")
+        text = _text(mail)
+        assert order_id in text and str(refunded.id) in text, text
+        assert "Stoneware mug" in text, text
+        assert refunded.confirmed_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") in text, text
+
+        # Phone-sized: everything fits the width.
+        await page.set_viewport_size({"width": 375, "height": 740})
+        overflow = await page.evaluate("document.documentElement.scrollWidth - innerWidth")
+        assert overflow <= 0, overflow
+        WITHDRAWAL_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=WITHDRAWAL_SCREENSHOT, full_page=True)
+        assert watch.sync_calls == 0
+        assert watch.problems == []
+    finally:
+        await page.context.close()
+
+
+async def test_after_delivery_a_withdrawal_of_some_units_waits_for_the_goods(
+    browser: Browser, shop: ServerProcess, app: Harness, mailbox: Mailbox
+) -> None:
+    """Delivered: the shopper (signed in) withdraws from one of two units. The page shows the
+    deadline, the confirmed return (the shop refunds once the goods arrive) and still offers
+    the unit left; nothing is refunded or restocked yet. When staff receive the goods, the page
+    shows the refund as it happens, pushed over its subscription."""
+    product = await make_product(unique("TEE"), price=2500, stock=10, name="Organic cotton tee")
+    order_id, shopper, _ = await _paid_order(app, shop, mailbox, product, 2)
+    await _deliver(app, order_id)
+    delivered_at = (await Order.get(id=order_id)).delivered_at
+    assert delivered_at is not None
+
+    page, watch = await _new_page(browser)
+    try:
+        await page.goto(f"{shop.url}/order-success/{order_id}#token={shopper}")
+        await expect(page.get_by_test_id("status")).to_have_text("DELIVERED", timeout=TIMEOUT_MS)
+        deadline = page.get_by_test_id("withdrawal-terms").locator("time")
+        stamp = await deadline.get_attribute("datetime")
+        assert stamp and datetime.fromisoformat(stamp) == _utc(delivered_at) + timedelta(days=14)
+
+        await page.get_by_text("Only some items?").click()
+        await page.get_by_label("How many of Organic cotton tee").fill("1")
+        await page.get_by_test_id("withdraw").click()
+        await expect(page.get_by_test_id("confirm-lines").locator("li")).to_have_text(
+            [f"1 {TIMES} Organic cotton tee"], timeout=TIMEOUT_MS
+        )
+        await page.get_by_test_id("confirm-withdrawal").click()
+
+        ack = page.get_by_test_id("withdrawal-ack")
+        await expect(ack).to_be_visible(timeout=TIMEOUT_MS)
+        await expect(ack).to_contain_text("Withdrawal confirmed")
+        await expect(page.get_by_test_id("withdrawal-outcome")).to_contain_text(
+            "please send the items back"
+        )
+        returns = page.get_by_test_id("returns").locator("li[data-status]")
+        await expect(returns.get_by_test_id("return-status")).to_have_text("CONFIRMED")
+        await expect(returns.get_by_test_id("return-text")).to_contain_text(
+            "please send the items back"
+        )
+        await expect(page.get_by_test_id("payment-status")).to_have_text("PAID")
+        await expect(page.get_by_test_id("withdraw")).to_be_visible()  # one unit is left
+
+        confirmed = await _only_return(order_id)
+        assert confirmed.status == ReturnStatus.CONFIRMED
+        assert confirmed.refunded_amount is None and confirmed.confirmed_at is not None
+        assert [line["quantity"] for line in confirmed.lines] == [1]
+        [item] = await OrderItem.filter(order_id=order_id)
+        assert (item.quantity_refunded, item.quantity_returning) == (0, 1)
+        assert await stock_of(product) == 8  # still with the shopper
+        assert app.emulator.refunds == {}
+        mail = await _mail(mailbox, f"Withdrawal confirmed for order {order_id[:8]}")
+        assert "Organic cotton tee" in _text(mail)
+
+        # The goods arrive; staff act on the page's own server (events are per process here).
+        await page.evaluate("window.__noReload = true")
+        staff = app.token("sam", staff=True)
+        at_shop = dataclasses.replace(app, url=shop.url)
+        body = await at_shop.gql(RECEIVE, {"id": str(confirmed.id)}, token=staff)
+        assert body["data"]["receiveReturn"]["userErrors"] == [], body
+        await expect(returns.get_by_test_id("return-status")).to_have_text(
+            "REFUNDED", timeout=TIMEOUT_MS
+        )
+        await expect(returns.get_by_test_id("return-text")).to_have_text("Refunded $25.00.")
+        await expect(page.get_by_test_id("payment-status")).to_have_text("PARTIALLY_REFUNDED")
+        await expect(page.get_by_test_id("withdraw")).to_be_visible()
+        assert await page.evaluate("window.__noReload") is True
+        pushed = [
+            r["status"]
+            for m in watch.received
+            if m.get("type") == "next"
+            for r in m["payload"]["data"]["orderStatusChanged"]["returns"]
+        ]
+        assert pushed[-1:] == ["REFUNDED"], watch.received
+        assert await stock_of(product) == 9
+        assert watch.problems == []
+    finally:
+        await page.context.close()
+
+
+async def test_a_withdrawal_after_the_period_is_refused_on_the_page(
+    browser: Browser, shop: ServerProcess, app: Harness, mailbox: Mailbox
+) -> None:
+    """The period ends while the page is open: "Withdraw" answers that the period is over,
+    the button goes, and no return is recorded."""
+    product = await make_product(unique("LAMP"), price=4200, name="Brass desk lamp")
+    order_id, _, link = await _paid_order(app, shop, mailbox, product, 1)
+    await _deliver(app, order_id)
+
+    page, watch = await _new_page(browser)
+    try:
+        await page.goto(f"{shop.url}{link}")
+        await expect(page.get_by_test_id("status")).to_have_text("DELIVERED", timeout=TIMEOUT_MS)
+        withdraw = page.get_by_test_id("withdraw")
+        await expect(withdraw).to_be_visible()
+        # The subscription's first message (the order as it is) must land before the period
+        # ends, or the page would learn of it from there and take the button away first.
+        await expect(page.get_by_test_id("live")).to_have_text("live", timeout=TIMEOUT_MS)
+        long_ago = datetime.now(UTC) - timedelta(days=15)
+        await Order.filter(id=order_id).update(delivered_at=long_ago)
+
+        await withdraw.click()
+        error = page.get_by_test_id("withdrawal-error")
+        await expect(error).to_contain_text("The withdrawal period is over.", timeout=TIMEOUT_MS)
+        await expect(error).to_contain_text("WITHDRAWAL_PERIOD_OVER")
+        await expect(page.get_by_test_id("confirm-withdrawal")).to_be_hidden()
+        await expect(page.get_by_test_id("withdrawal-ack")).to_be_hidden()
+        assert await OrderReturn.filter(order_id=order_id).count() == 0
+        assert watch.problems == []
     finally:
         await page.context.close()
