@@ -258,7 +258,11 @@ async def confirm_checkout(
 
 
 async def _confirm(order: Order, session: CheckoutSession, *, actor: str, reason: str) -> None:
-    async with transaction(savepoint=True):  # a late payment short of stock undoes only this
+    # A late payment takes its stock again and, short of it, is refunded by the caller, so its
+    # attempt must be undone alone (a savepoint); an order that still holds its stock cannot
+    # fail that way, and saves the savepoint's two round trips.
+    late = order.status != OrderStatus.PENDING_PAYMENT
+    async with transaction(savepoint=late):
         await change_order(
             order,
             status=OrderStatus.PAYMENT_CONFIRMED,
