@@ -11,6 +11,7 @@ requests see each other's committed lines; a refused change has changed nothing.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
@@ -58,6 +59,30 @@ async def lock_shopper(connection: BaseDBAsyncClient, user_id: str) -> None:
         await fetch(
             connection, "UPDATE users SET is_staff = is_staff WHERE id = ? RETURNING id", user_id
         )
+
+
+# The shopper's lock and their cart in one round trip: the CTE's lock is taken first (the
+# WHERE's one-time filter runs before the scan), then the cart is deleted. A cart row that a
+# concurrent cart change committed while this waited for the lock stays in the cart.
+_LOCK_AND_TAKE_CART = """
+WITH shopper AS MATERIALIZED (SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE)
+DELETE FROM cart_items WHERE user_id = $1 AND (SELECT count(*) FROM shopper) >= 0
+RETURNING product_id, quantity
+"""
+
+
+async def take_cart(connection: BaseDBAsyncClient, user_id: str) -> list[dict[str, Any]]:
+    """Lock the shopper (see `lock_shopper`) and claim their cart by deleting it: a second,
+    concurrent checkout of the same cart waits for the lock, then finds none. The caller's
+    rollback puts the cart back."""
+    if is_postgres(connection):
+        return await connection.execute_query_dict(_LOCK_AND_TAKE_CART, [user_id])
+    await lock_shopper(connection, user_id)
+    return await fetch(
+        connection,
+        "DELETE FROM cart_items WHERE user_id = ? RETURNING product_id, quantity",
+        user_id,
+    )
 
 
 def _no_such_product() -> BusinessError:

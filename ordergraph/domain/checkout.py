@@ -9,6 +9,7 @@ one transaction, so a failed checkout leaves everything as it was.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -16,9 +17,9 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import F
 
 from ordergraph import events, logs, metrics
-from ordergraph.db import transaction
+from ordergraph.db import is_postgres, transaction
 from ordergraph.db.sql import fetch
-from ordergraph.domain.cart import lock_shopper
+from ordergraph.domain.cart import take_cart
 from ordergraph.domain.catalog import MAX_AMOUNT
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
 from ordergraph.domain.inventory import reserve_stock
@@ -71,7 +72,7 @@ async def _check_limits(
     checkout put back), then the shopper's unpaid units: those of their PENDING_PAYMENT orders
     plus this cart's may be at most MAX_UNPAID_UNITS_PER_SHOPPER.
 
-    The sum is read under the shopper's lock (`lock_shopper`, place_order's first statement):
+    The sum is read under the shopper's lock (`take_cart`, place_order's first statement):
     an order enters PENDING_PAYMENT only here, under that lock, and every other change takes
     orders out of it, so no concurrent checkout can add units between this sum and the commit.
     """
@@ -100,20 +101,13 @@ async def place_order(
 ) -> tuple[Order, list[OrderItem]]:
     """Turn the cart into a PENDING_PAYMENT order holding its stock, in one transaction.
 
-    The shopper's lock comes first (see `lock_shopper`): their checkouts and cart changes
+    The shopper's lock comes first (`take_cart`): their checkouts and cart changes
     run one at a time, so the unpaid-units limit holds however many arrive together. A
     refusal raises inside the transaction, whose rollback puts the cart back untouched.
     """
     async with transaction() as connection:
-        await lock_shopper(connection, user_id)
+        cart = await take_cart(connection, user_id)
         await check_rate(user_id, settings)
-        # Claiming the cart by deleting it: a second, concurrent checkout of the same cart
-        # waits for these rows, then finds none. A rollback puts them back.
-        cart = await fetch(
-            connection,
-            "DELETE FROM cart_items WHERE user_id = ? RETURNING product_id, quantity",
-            user_id,
-        )
         if not cart:
             raise BusinessError.of(ErrorCode.CART_EMPTY, "Your cart is empty")
         quantities = {str(row["product_id"]): row["quantity"] for row in cart}
@@ -161,18 +155,51 @@ async def place_order(
             )
             for pid, qty in quantities.items()
         ]
+        await _record_lines(connection, order, items, actor=f"user:{user_id}")
+        await record_order_event(order, ORDER_CREATED)
+        # A new order, for staff following the whole shop (orderChanges), at commit.
+        await events.announce(events.OrderEvent(str(order.id), order.version))
+    return order, items
+
+
+# The order's lines and the first row of its history in one round trip.
+_LINES_AND_FIRST_CHANGE = """
+WITH lines AS (
+    INSERT INTO order_items (order_id, product_id, product_name, unit_price, quantity, tax_code)
+    SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::int[], $6::text[])
+)
+INSERT INTO order_status_changes (order_id, status, payment_status, reason, actor, at)
+VALUES ($1, $7, $8, 'checkout', $9, now())
+"""
+
+
+async def _record_lines(
+    connection: BaseDBAsyncClient, order: Order, items: list[OrderItem], *, actor: str
+) -> None:
+    if not is_postgres(connection):
         await OrderItem.bulk_create(items)
         await OrderStatusChange.create(
             order_id=order.id,
             status=order.status,
             payment_status=order.payment_status,
             reason="checkout",
-            actor=f"user:{user_id}",
+            actor=actor,
         )
-        await record_order_event(order, ORDER_CREATED)
-        # A new order, for staff following the whole shop (orderChanges), at commit.
-        await events.announce(events.OrderEvent(str(order.id), order.version))
-    return order, items
+        return
+    await connection.execute_query(
+        _LINES_AND_FIRST_CHANGE,
+        [
+            order.id,
+            [uuid.UUID(str(i.product_id)) for i in items],
+            [i.product_name for i in items],
+            [i.unit_price for i in items],
+            [i.quantity for i in items],
+            [i.tax_code for i in items],
+            order.status.value,
+            order.payment_status.value,
+            actor,
+        ],
+    )
 
 
 async def undo_checkout(order_id: str, reason: str) -> None:
