@@ -15,6 +15,7 @@ from typing import Any
 
 from tortoise.expressions import Q
 
+from ordergraph.db import get_connection, is_postgres
 from ordergraph.domain.catalog import MAX_AMOUNT
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
 from ordergraph.models import PromotionCode, ShippingRate
@@ -82,24 +83,51 @@ async def list_shipping_rates(staff: bool) -> list[ShippingRate]:
     return list(await query.order_by("amount", "id"))
 
 
-def _option(rate: ShippingRate, subtotal: int) -> dict[str, Any]:
-    free = rate.free_from is not None and subtotal >= rate.free_from
+_RATE_COLUMNS = ("name", "amount", "free_from", "min_delivery_days", "max_delivery_days")
+
+
+def _option(rate: dict[str, Any], subtotal: int) -> dict[str, Any]:
+    free = rate["free_from"] is not None and subtotal >= rate["free_from"]
     return {
-        "name": rate.name,
-        "amount": 0 if free else rate.amount,
-        "min_days": rate.min_delivery_days,
-        "max_days": rate.max_delivery_days,
+        "name": rate["name"],
+        "amount": 0 if free else rate["amount"],
+        "min_days": rate["min_delivery_days"],
+        "max_days": rate["max_delivery_days"],
     }
+
+
+# The active rates and whether any promotion code can be typed, in one round trip (one row
+# with NULL rate columns when there is no rate).
+_OFFER = f"""
+SELECT {", ".join(f"r.{column}" for column in _RATE_COLUMNS)},
+    EXISTS (
+        SELECT 1 FROM promotion_codes c
+        WHERE c.active AND (c.expires_at IS NULL OR c.expires_at > now())
+    ) AS promotions
+FROM (SELECT 1) AS one
+LEFT JOIN (
+    SELECT * FROM shipping_rates WHERE active ORDER BY amount, id LIMIT {MAX_SHIPPING_OPTIONS}
+) AS r ON true
+ORDER BY r.amount, r.id
+"""
 
 
 async def checkout_offer(subtotal: int, settings: Settings) -> dict[str, Any]:
     """What an order with this subtotal is offered now, to be stored on it at checkout."""
-    rates = await ShippingRate.filter(active=True).order_by("amount", "id")
-    return {
-        "shipping_options": [_option(r, subtotal) for r in rates[:MAX_SHIPPING_OPTIONS]],
-        "allow_promotion_codes": await PromotionCode.filter(
+    connection = get_connection()
+    if is_postgres(connection):
+        rows = await connection.execute_query_dict(_OFFER)
+        rates = [r for r in rows if r["name"] is not None]
+        promotions = bool(rows[0]["promotions"])
+    else:
+        active = ShippingRate.filter(active=True).order_by("amount", "id")
+        rates = await active.limit(MAX_SHIPPING_OPTIONS).values(*_RATE_COLUMNS)
+        promotions = await PromotionCode.filter(
             Q(expires_at__isnull=True) | Q(expires_at__gt=datetime.now(UTC)), active=True
-        ).exists(),
+        ).exists()
+    return {
+        "shipping_options": [_option(r, subtotal) for r in rates],
+        "allow_promotion_codes": promotions,
         "automatic_tax": settings.automatic_tax,
     }
 

@@ -7,12 +7,14 @@ order (the sweeper's replay, same idempotency key) is the very same whatever sta
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import stripe
 
 from ordergraph.domain.checkout import session_request
+from ordergraph.domain.shipping import checkout_offer
 from ordergraph.models import Order, OrderItem, Product, PromotionCode, ShippingRate
 from ordergraph.stripe_emulator.errors import EmulatorError
 from ordergraph.stripe_gateway import StripeGateway
@@ -291,3 +293,47 @@ async def test_a_duplicate_or_a_refusal_at_stripe_creates_no_row(app: Harness) -
     assert [e["code"] for e in refused["userErrors"]] == ["PAYMENT_PROVIDER_ERROR"], refused
     assert refused["promotionCode"] is None
     assert await PromotionCode.filter(code="TAKEN").count() == 0
+
+
+async def test_the_offer_holds_the_five_cheapest_active_rates_and_live_codes_only(
+    app: Harness,
+) -> None:
+    """What a checkout is offered, read in one statement on PostgreSQL: at most Stripe's five
+    shipping options, the cheapest active ones in order (free from their threshold), and
+    promotion codes only while one is active and unexpired, with or without rates."""
+    now = datetime.now(UTC)
+    assert await checkout_offer(1000, app.settings) == {
+        "shipping_options": [],
+        "allow_promotion_codes": False,
+        "automatic_tax": app.settings.automatic_tax,
+    }
+    for n, amount in enumerate([900, 500, 700, 300, 800, 600]):
+        await ShippingRate.create(
+            name=f"rate {n}", amount=amount, free_from=1000 if n == 1 else None
+        )
+    await ShippingRate.create(name="archived", amount=100, active=False)
+    code = {"percent_off": 10.0, "currency": "usd", "stripe_coupon_id": "c", "active": True}
+    await PromotionCode.create(
+        code="OLD", expires_at=now - timedelta(days=1), stripe_promotion_code_id="p1", **code
+    )
+    await PromotionCode.create(
+        code="OFF", stripe_promotion_code_id="p2", **{**code, "active": False}
+    )
+
+    offer = await checkout_offer(1000, app.settings)
+
+    assert [(o["name"], o["amount"]) for o in offer["shipping_options"]] == [
+        ("rate 3", 300),
+        ("rate 1", 0),
+        ("rate 5", 600),
+        ("rate 2", 700),
+        ("rate 4", 800),
+    ]
+    assert offer["allow_promotion_codes"] is False
+    await PromotionCode.create(
+        code="NEW", expires_at=now + timedelta(days=1), stripe_promotion_code_id="p3", **code
+    )
+    await ShippingRate.all().update(active=False)
+    offer = await checkout_offer(999, app.settings)
+    assert offer["shipping_options"] == []
+    assert offer["allow_promotion_codes"] is True
