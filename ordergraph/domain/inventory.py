@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tortoise.expressions import F
 
-from ordergraph.db import get_connection, is_postgres
+from ordergraph.db import get_connection
 from ordergraph.db.sql import fetch
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
 from ordergraph.models import Product
@@ -26,48 +26,29 @@ class Reserved:
     price: int
 
 
-# Every line in one statement: the products are locked in id order first (the materialised
-# CTE's sort sits below its row locks), then each is taken from under its condition.
-_RESERVE_ALL = """
-WITH wanted AS MATERIALIZED (
-    SELECT p.id, w.quantity FROM products p
-    JOIN unnest($1::uuid[], $2::int[]) AS w(id, quantity) ON p.id = w.id
-    ORDER BY p.id FOR NO KEY UPDATE OF p
-)
-UPDATE products p SET stock = p.stock - wanted.quantity FROM wanted
-WHERE p.id = wanted.id AND p.active AND p.stock >= wanted.quantity
-RETURNING p.id, p.name, p.price
-"""
-
-
 async def reserve_stock(lines: Iterable[tuple[str, int]]) -> dict[str, Reserved]:
     """Take `quantity` units of each product, or raise OUT_OF_STOCK naming every short line.
 
     Answers each product's name and price as they were when its row was locked, so the order
     is priced from the database without reading the products again. Must run inside a
-    transaction: on a short line the caller's rollback returns what the other lines took.
-    On PostgreSQL one round trip whatever the number of lines; SQLite, with one writer at a
-    time and no round trips, takes them one by one.
+    transaction: on a short line the caller's rollback returns what the earlier lines took.
     """
-    wanted = dict(sorted(lines))
+    short: list[Problem] = []
+    reserved: dict[str, Reserved] = {}
     connection = get_connection()
-    if is_postgres(connection):
-        rows = await connection.execute_query_dict(
-            _RESERVE_ALL, [[uuid.UUID(p) for p in wanted], list(wanted.values())]
+    for product_id, quantity in sorted(lines):
+        rows = await fetch(
+            connection,
+            "UPDATE products SET stock = stock - ? WHERE id = ? AND active AND stock >= ? "
+            "RETURNING name, price",
+            quantity,
+            uuid.UUID(product_id),
+            quantity,
         )
-    else:
-        rows = []
-        for product_id, quantity in wanted.items():
-            rows += await fetch(
-                connection,
-                "UPDATE products SET stock = stock - ? WHERE id = ? AND active AND stock >= ? "
-                "RETURNING id, name, price",
-                quantity,
-                uuid.UUID(product_id),
-                quantity,
-            )
-    reserved = {str(uuid.UUID(str(r["id"]))): Reserved(r["name"], r["price"]) for r in rows}
-    short = [await _shortage(p, q) for p, q in wanted.items() if p not in reserved]
+        if rows:
+            reserved[product_id] = Reserved(rows[0]["name"], rows[0]["price"])
+        else:
+            short.append(await _shortage(product_id, quantity))
     if short:
         raise BusinessError(*short)
     return reserved
