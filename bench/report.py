@@ -29,11 +29,12 @@ def _ok(met: bool | None) -> str:
     return "-" if met is None else ("yes" if met else "**no**")
 
 
+# Issue 17's ratios, against ceilings that measure the database alone (carts prepared).
 TARGETS = {
-    "checkout_spread": 0.4,
+    "checkout_spread": 0.3,
     "checkout_hot": 0.6,
-    "webhook": 0.5,
-    "order": 0.5,
+    "webhook": 0.4,
+    "order": 0.4,
 }
 LABELS = {
     "checkout_spread": "`checkout`, 2-line carts over 10,000 products",
