@@ -10,9 +10,11 @@ their defaults), and a receiver in a process of its own (`bench.webhook_receiver
 every endpoint on a loopback port of its own). Two parts:
 
 1. **Delivery throughput (backlog drain).** For N = 1, 10 and 100 endpoints subscribed to
-   `*`, a backlog of K events on K distinct orders with N deliveries each (as
-   `record_order_event` writes them, each event its own moment) is committed with asyncpg
-   while the server runs; its sender notices within its poll (1 s) and sends them. Measured
+   `*`, a backlog of K events on K distinct orders (as `record_order_event` writes them, each
+   event its own moment) is committed with asyncpg while the endpoints are paused; the
+   server's sender notices within its poll (1 s) and fans them out to N deliveries each (the
+   seconds from the commit until every event is fanned out are reported), then the endpoints
+   are resumed and the sender sends the deliveries. Measured
    at the receiver: deliveries per second from the first arrival to the last (and over the
    middle 80%), events per second = deliveries / N; CPU per delivery of the server,
    PostgreSQL and the receiver (from /proc). Then every delivery is checked DELIVERED in the
@@ -30,11 +32,11 @@ every endpoint on a loopback port of its own). Two parts:
    variants, one after the other (never two servers at once, or the idle one's sender would
    take deliveries): "in the server" (the server's own sender, WEBHOOK_CONCURRENCY at its
    default), "none" (a second server with WEBHOOK_CONCURRENCY=0 and nothing sending: what
-   writing the events costs the requests themselves; the deliveries are deleted after each
-   load) and "own process" (that server with one `ordergraph send-webhooks --concurrency 16`
-   beside it, same env; its CPU is counted apart from the server's, per operation over the
-   whole load and per delivery up to the catch-up). Each variant is compared with its own
-   0-endpoint arm.
+   writing the events costs the requests themselves; the events, never fanned out, are
+   deleted after each load) and "own process" (that server with one `ordergraph
+   send-webhooks --concurrency 16` beside it, same env; its CPU is counted apart from the
+   server's, per operation over the whole load and per delivery up to the catch-up). Each
+   variant is compared with its own 0-endpoint arm.
 
 Results: bench/results/webhooks.json (`--quick`: webhooks-quick.json, `--smoke`:
 webhooks-smoke.json); a full run also rewrites the part of docs/benchmarks.md between the
@@ -343,9 +345,11 @@ async def write_backlog(
     events: int,
     *,
     days_ago: float = 0,
+    fanned_out: bool = False,
 ) -> None:
-    """`events` events with one delivery per endpoint, committed at once, each event a
-    millisecond after the one before (all of them due now)."""
+    """`events` events, committed at once, each a millisecond after the one before (all due
+    now): as changes write them, for the sender to fan out to `endpoints`, or `fanned_out`
+    with their deliveries already written."""
     start = datetime.now(UTC) - timedelta(days=days_ago, milliseconds=events + 1000)
     event_rows = []
     delivery_rows = []
@@ -353,8 +357,8 @@ async def write_backlog(
         at = start + timedelta(milliseconds=n)
         event_id = uuid.uuid4()
         body = event_body(event_id, order, source.lines[order["id"]])
-        event_rows.append((event_id, "order.created", order["id"], body, at))
-        for endpoint in endpoints:
+        event_rows.append((event_id, "order.created", order["id"], body, at, not fanned_out))
+        for endpoint in endpoints if fanned_out else ():
             delivery_rows.append(
                 (endpoint.id, event_id, order["id"], "order.created", "pending", 0, at, at)
             )
@@ -362,8 +366,10 @@ async def write_backlog(
         await conn.copy_records_to_table(
             "webhook_events",
             records=event_rows,
-            columns=["id", "type", "order_id", "body", "created_at"],
+            columns=["id", "type", "order_id", "body", "created_at", "fan_out_pending"],
         )
+        if not delivery_rows:
+            return
         await conn.copy_records_to_table(
             "webhook_deliveries",
             records=delivery_rows,
@@ -409,7 +415,7 @@ async def seed_history(conn: asyncpg.Connection, source: BacklogOrders) -> int:
         retired.secret,
     )
     events = min(HISTORY_EVENTS, len(source.orders))
-    await write_backlog(conn, source, [retired] * 10, events, days_ago=7)
+    await write_backlog(conn, source, [retired] * 10, events, days_ago=7, fanned_out=True)
     await conn.execute(
         "UPDATE webhook_deliveries SET status = 'delivered', attempts = 1,"
         " response_status = 200, delivered_at = created_at + interval '1 second'"
@@ -439,10 +445,28 @@ def pg_pids(database: str) -> Callable[[], list[int]]:
 
 
 async def pending_count(conn: asyncpg.Connection) -> int:
+    """Deliveries not yet made, and events not yet fanned out to theirs."""
     count: int = await conn.fetchval(
-        "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"
+        "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')"
+        " + (SELECT count(*) FROM webhook_events WHERE fan_out_pending)"
     )
     return count
+
+
+async def wait_fanned_out(conn: asyncpg.Connection, timeout: float = 60) -> float:
+    """Seconds until the sender has fanned out every event (it does so for paused endpoints
+    too: they keep their deliveries until resumed)."""
+    started = time.monotonic()
+    while await conn.fetchval("SELECT count(*) FROM webhook_events WHERE fan_out_pending"):
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"events not fanned out within {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def drop_pending(conn: asyncpg.Connection) -> None:
+    await conn.execute("DELETE FROM webhook_deliveries WHERE status = 'pending'")
+    await conn.execute("DELETE FROM webhook_events WHERE fan_out_pending")
 
 
 async def wait_drained(conn: asyncpg.Connection, timeout: float) -> tuple[float, int]:
@@ -499,6 +523,7 @@ async def drain(
         # that the sender starts on all of it at once when they are resumed.
         endpoints = await register(conn, receiver.urls(count, one_origin=one_origin), active=False)
         await write_backlog(conn, source, endpoints, events)
+        fan_out_s = await wait_fanned_out(conn)
         if not stale_statistics:
             # What autovacuum does soon after such a batch (50 rows + 10% of the table).
             await conn.execute("ANALYZE webhook_deliveries, webhook_events, webhook_endpoints")
@@ -585,6 +610,7 @@ async def drain(
         "stale_statistics": stale_statistics,
         "stalled": stalled,
         "events": events,
+        "fan_out_s": fan_out_s,
         "deliveries": expected,
         "received": received,
         "delivered_in_db": outcome.get("delivered", 0),
@@ -669,8 +695,11 @@ async def latency_runs(
             if registered:
                 run["sender"] = await sender_stats(conn, started, ended)
             if registered and writes_only:
-                log(f"    {run['sender']['created']:,} deliveries written, none sent")
-                await conn.execute("DELETE FROM webhook_deliveries WHERE status = 'pending'")
+                run["events_written"] = await conn.fetchval(
+                    "SELECT count(*) FROM webhook_events WHERE created_at >= $1", started
+                )
+                log(f"    {run['events_written']:,} events written, none fanned out or sent")
+                await drop_pending(conn)
             elif registered:
                 log(
                     f"    sender: {run['sender']['created']:,} deliveries written,"
@@ -695,8 +724,8 @@ async def latency_runs(
                     ),
                 }
             if run["abandoned"]:
-                log(f"    {run['abandoned']} deliveries still pending: deleted")
-                await conn.execute("DELETE FROM webhook_deliveries WHERE status = 'pending'")
+                log(f"    {run['abandoned']} deliveries and events still pending: deleted")
+                await drop_pending(conn)
             # What autovacuum does between loads (it is off on this PostgreSQL server): without
             # it, the dead rows of every load's deliveries stay in the pending rows' indexes
             # and each claim walks past more of them (300,000 after a full run's first loads,
@@ -1061,9 +1090,9 @@ def table(results: dict[str, Any]) -> str:
         "Backlog drain (one `ordergraph serve --workers 1`, 16 slots, at most 8 to one"
         " endpoint; CPU per delivery from /proc):",
         "",
-        "| endpoints | deliveries | seconds | deliveries/s | middle 80% /s | events/s |"
-        " server CPU ms | PostgreSQL ms | receiver ms | connections |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| endpoints | deliveries | fan-out s | seconds | deliveries/s | middle 80% /s |"
+        " events/s | server CPU ms | PostgreSQL ms | receiver ms | connections |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for p in results["throughput"]:
         cpu = p["cpu_ms_per_delivery"]
@@ -1076,7 +1105,8 @@ def table(results: dict[str, Any]) -> str:
                 f" rows under lease, attempts up to {st['most_attempts']})"
             )
         lines.append(
-            f"| {name} | {p['deliveries']:,} | {_f(p['seconds'], 2)} |"
+            f"| {name} | {p['deliveries']:,} | {_f(p.get('fan_out_s', float('nan')), 2)} |"
+            f" {_f(p['seconds'], 2)} |"
             f" {_f(p['deliveries_per_second'], 0)} | {_f(p['deliveries_per_second_middle'], 0)} |"
             f" {_f(p['events_per_second'], 1)} | {_f(cpu['server'], 2)} |"
             f" {_f(cpu['postgres'], 2)} | {_f(cpu['receiver'], 3)} | {p['connections']:,} |"

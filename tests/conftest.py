@@ -376,7 +376,17 @@ async def reset_service(harness: Harness, smtp: SmtpServer) -> None:
     await outbox_settled()
     connection = Tortoise.get_connection("default")
     if connection.capabilities.dialect == "postgres":
-        await connection.execute_script(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+        truncate = f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"
+        # The service's webhook sender takes these tables in its own order (fan-out: events,
+        # then deliveries; claims: the other way round): PostgreSQL may pick this statement as
+        # a deadlock's victim. It is then simply run again.
+        for attempt in range(5):
+            try:
+                await connection.execute_script(truncate)
+                break
+            except asyncpg.exceptions.DeadlockDetectedError:
+                if attempt == 4:
+                    raise
     else:
         for table in TABLES:
             await connection.execute_script(f'DELETE FROM "{table}"')

@@ -45,6 +45,9 @@ class WebhookEvent(Model):
     )
     body = fields.TextField()
     created_at = fields.DatetimeField()
+    # Written true by the change's transaction; the sender turns the event into its deliveries
+    # and clears it (outgoing_webhooks/fan_out.py). False for events made any other way.
+    fan_out_pending = fields.BooleanField(default=False)
 
     order_id: str | None
 

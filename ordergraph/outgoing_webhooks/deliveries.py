@@ -250,5 +250,7 @@ async def prune_finished(*, older_than: datetime, batch: int = 1000) -> int:
     if not ids:
         return 0
     await WebhookDelivery.filter(id__in=ids).delete()
-    await WebhookEvent.filter(created_at__lt=older_than, deliveries__id__isnull=True).delete()
+    await WebhookEvent.filter(
+        created_at__lt=older_than, fan_out_pending=False, deliveries__id__isnull=True
+    ).delete()
     return len(ids)

@@ -1,10 +1,11 @@
 """Events for the shop's endpoints, written with the change they report.
 
-`record_order_event` runs inside the transaction of the change: it reads the endpoints that
-want the event type and, when there are any, writes the event (its exact JSON body, the order
-as it is after the change) and one delivery per endpoint. A rollback takes them with it, and
-a commit makes them durable before anyone could be told, so delivery is at least once and
-only of what happened. With no endpoint registered a change costs one small read.
+`record_order_event` runs inside the transaction of the change: when any endpoint wants the
+event type, it writes the event (its exact JSON body, the order as it is after the change),
+one row however many endpoints want it; the sender writes one delivery per endpoint from it
+(fan_out.py). A rollback takes the event with it, and a commit makes it durable before anyone
+could be told, so delivery is at least once and only of what happened. With no endpoint
+registered a change costs nothing but a look at a list this process keeps.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from ordergraph.db import after_commit, get_connection, is_postgres
+from ordergraph.db import after_commit, get_connection
 from ordergraph.db.sql import fetch
 from ordergraph.models import (
     Order,
@@ -75,10 +76,10 @@ def wants(types: list[str], event_type: str) -> bool:
 
 # Which endpoint wants which types, as this process last read it: at most `ENDPOINTS_TTL` old,
 # and forgotten at once when this process changes an endpoint. A change committed within that
-# time of a registration on another process may not be told to the new endpoint; a deleted
-# endpoint still listed is skipped by the INSERT … SELECT below.
+# time of a registration on another process may not be told to the new endpoint. Which
+# endpoints get an event is decided when it is fanned out, from the endpoints of that moment.
 ENDPOINTS_TTL = 1.0
-_endpoints: tuple[float, list[tuple[str, list[str]]]] | None = None
+_endpoints: tuple[float, list[list[str]]] | None = None
 
 
 def forget_endpoints() -> None:
@@ -86,32 +87,26 @@ def forget_endpoints() -> None:
     _endpoints = None
 
 
-async def _wanting(event_type: str) -> list[str]:
+async def _anyone_wants(event_type: str) -> bool:
     global _endpoints
     if _endpoints is None or time.monotonic() - _endpoints[0] > ENDPOINTS_TTL:
-        rows = await WebhookEndpoint.all().values_list("id", "events")
-        _endpoints = (time.monotonic(), [(str(e), types) for e, types in rows])
-    return [endpoint for endpoint, types in _endpoints[1] if wants(types, event_type)]
+        rows = await WebhookEndpoint.all().values_list("events", flat=True)
+        _endpoints = (time.monotonic(), [list(types) for types in rows])
+    return any(wants(types, event_type) for types in _endpoints[1])
 
 
-_INSERT_EVENT = (
-    "INSERT INTO webhook_events (id, type, order_id, body, created_at) VALUES (?, ?, ?, ?, ?)"
-)
-_INSERT_DELIVERIES = """
-INSERT INTO webhook_deliveries
-    (endpoint_id, event_id, order_id, event_type, status, attempts, next_attempt_at, created_at)
-SELECT e.id, ?, ?, ?, 'pending', 0, ?, ? FROM webhook_endpoints e WHERE e.id IN ({ids})
+_INSERT_EVENT = """
+INSERT INTO webhook_events (id, type, order_id, body, created_at, fan_out_pending)
+VALUES (?, ?, ?, ?, ?, TRUE)
 """
 
 
 async def record_order_event(
     order: Order, event_type: str, changed: dict[str, Any] | None = None
 ) -> None:
-    """Write `event_type` about `order` (as it is with `changed` applied) for every endpoint
-    that wants it, in the caller's transaction: a read of the order's lines and one statement
-    (two on SQLite), nothing when no endpoint wants it."""
-    endpoints = await _wanting(event_type)
-    if not endpoints:
+    """Write `event_type` about `order` (as it is with `changed` applied) when an endpoint
+    wants it, in the caller's transaction: a read of the order's lines and one INSERT."""
+    if not await _anyone_wants(event_type):
         return
     now = datetime.now(UTC)
     event_id = uuid.uuid4()
@@ -122,17 +117,7 @@ async def record_order_event(
         "data": {"order": await order_payload(order, changed or {}, event_type)},
     }
     text = json.dumps(body, separators=(",", ":"), sort_keys=True)
-    connection = get_connection()
-    event = (event_id, event_type, order.id, text, now)
-    deliveries = (event_id, order.id, event_type, now, now, *(uuid.UUID(e) for e in endpoints))
-    insert_deliveries = _INSERT_DELIVERIES.format(ids=", ".join("?" for _ in endpoints))
-    if is_postgres(connection):  # one round trip: the event's row is in before the deliveries'
-        # foreign key is checked, at the end of the statement
-        both = f"WITH event AS ({_INSERT_EVENT}) {insert_deliveries}"
-        await fetch(connection, both, *event, *deliveries)
-    else:
-        await fetch(connection, _INSERT_EVENT, *event)
-        await fetch(connection, insert_deliveries, *deliveries)
+    await fetch(get_connection(), _INSERT_EVENT, event_id, event_type, order.id, text, now)
     after_commit(wake_sender)
 
 

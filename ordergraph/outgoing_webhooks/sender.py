@@ -29,6 +29,7 @@ from ordergraph.outgoing_webhooks.deliveries import (
     record_failed,
 )
 from ordergraph.outgoing_webhooks.events import sender_wakeup
+from ordergraph.outgoing_webhooks.fan_out import fan_out_all
 from ordergraph.outgoing_webhooks.http import HookClient
 from ordergraph.outgoing_webhooks.targets import Resolver, TargetRefused, system_resolver
 from ordergraph.settings import Settings
@@ -116,7 +117,9 @@ class WebhookSender:
         await self.client.aclose()
 
     async def fill_slots(self) -> None:
-        """Claim due deliveries, a batch at a time, until the slots are full or none is due."""
+        """Write the deliveries of the events recorded since the last pass, then claim due
+        deliveries, a batch at a time, until the slots are full or none is due."""
+        await fan_out_all()
         while not self._stopping and (free := self.slots - len(self.tasks)) > 0:
             batch = await claim_due(
                 self.lease, limit=free, per_endpoint=self.per_endpoint, in_flight=self.in_flight

@@ -31,7 +31,7 @@ from ordergraph.outgoing_webhooks import endpoints
 from ordergraph.outgoing_webhooks.events import wake_sender
 from tests.conftest import Harness, Served
 from tests.utils.helpers import checked_out_order, make_product
-from tests.utils.receivers import Received, Receiver, receiving
+from tests.utils.receivers import Received, Receiver, deliveries_written, receiving
 
 CANCEL = "mutation($id: ID!) { cancelOrder(orderId: $id) { userErrors { code message } } }"
 AWAIT_SHIPMENT = (
@@ -286,17 +286,20 @@ async def test_a_deleted_endpoint_loses_its_pending_deliveries(app: Harness) -> 
         kept_id = await register(app, kept.url)
         order_id = await place(app, mug)
         await cancel(app, order_id)
-        await doomed.wait_for(lambda got: len(got) == 1)
-        assert await WebhookDelivery.filter(endpoint_id=doomed_id).count() == 2
+        try:  # a failure here must not leave the receiver's answer hanging
+            await doomed.wait_for(lambda got: len(got) == 1)
+            await deliveries_written()
+            assert await WebhookDelivery.filter(endpoint_id=doomed_id).count() == 2
 
-        async def kept_done() -> bool:  # (the metric is counted after the row is written)
-            return deliveries("delivered") == delivered + 2
+            async def kept_done() -> bool:  # (the metric is counted after the row is written)
+                return deliveries("delivered") == delivered + 2
 
-        await until(kept_done)
+            await until(kept_done)
 
-        await endpoints.delete_endpoint(doomed_id)
-        assert await WebhookDelivery.filter(endpoint_id=doomed_id).count() == 0
-        release.set()
+            await endpoints.delete_endpoint(doomed_id)
+            assert await WebhookDelivery.filter(endpoint_id=doomed_id).count() == 0
+        finally:
+            release.set()
 
         async def answered() -> bool:
             return doomed.in_flight == 0

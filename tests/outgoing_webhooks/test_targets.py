@@ -30,6 +30,7 @@ from ordergraph.outgoing_webhooks.targets import Resolver, TargetRefused
 from ordergraph.settings import Settings
 from tests.conftest import Harness
 from tests.utils.helpers import checked_out_order, make_product
+from tests.utils.receivers import deliveries_written
 
 NAME = "hooks.example.test"
 PUBLIC = "93.184.216.34"  # a public address: allowed alone, never connected to here
@@ -224,6 +225,7 @@ async def test_a_name_resolving_to_a_private_address_is_refused_at_delivery(
         await endpoints.set_endpoint_active(str(endpoint.id), False)
         try:
             await checked_out_order(app, app.token("alice"), mug)
+            await deliveries_written()
             waiting = await WebhookDelivery.get(endpoint_id=endpoint.id)
             assert (waiting.status, waiting.attempts) == (DeliveryStatus.PENDING, 0)
             before = refused_count()

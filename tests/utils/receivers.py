@@ -16,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ordergraph.models import WebhookEvent
 from ordergraph.outgoing_webhooks import signing
+from ordergraph.outgoing_webhooks.fan_out import fan_out_all
 from tests.conftest import Served
 
 
@@ -100,3 +102,13 @@ async def receiving(answer: Answer = ok, path: str = "/hooks") -> AsyncIterator[
     async with Served(app) as base:
         receiver.url = base + path
         yield receiver
+
+
+async def deliveries_written() -> None:
+    """Wait until every recorded event has its deliveries (the sender writes them, and so does
+    this, whichever comes first)."""
+    while True:
+        await fan_out_all()
+        if not await WebhookEvent.filter(fan_out_pending=True).exists():
+            return
+        await asyncio.sleep(0.01)
