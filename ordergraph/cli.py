@@ -132,12 +132,23 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
     )
 
 
+# The collector's generation thresholds in a server (CPython's default: 700, 10, 10). With the
+# default, anything alive across two young collections (every 700 allocations: well under a
+# millisecond of a busy server) reaches the oldest generation, so a request's or a delivery's
+# short-lived objects fill it, and each time they have grown it by a quarter a full collection
+# walks every live object: with 10,000 subscribers 0.2 to 1.9 s during which nothing is sent
+# (docs/benchmarks.md, "Subscriptions"). Young collections of 50,000 objects let those objects
+# die young; they take about a millisecond.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 def worker_app() -> object:
     """uvicorn's factory, in each worker (docs/benchmarks.md, "Finding and exporting orders")."""
     from ordergraph.app import create_app_from_env
 
     app = create_app_from_env()
     gc.freeze()  # the modules' and schema's objects out of full collections: 30-60 ms pauses
+    gc.set_threshold(*GC_THRESHOLDS)
     return app
 
 
