@@ -118,7 +118,7 @@ async def record_order_event(
     }
     text = json.dumps(body, separators=(",", ":"), sort_keys=True)
     await fetch(get_connection(), _INSERT_EVENT, event_id, event_type, order.id, text, now)
-    after_commit(wake_sender)
+    after_commit(_recorded)
 
 
 _LINES = """
@@ -196,3 +196,18 @@ _wakeup = Wakeup(delay=COMMIT_WAKE_DELAY)
 # The webhook sender of this process waits on `sender_wakeup()`; commits call `wake_sender`.
 sender_wakeup = _wakeup.event
 wake_sender = _wakeup.wake
+
+# When this process last committed an event (time.monotonic()): its sender fans out after such
+# a commit, and otherwise only at its poll (for other processes' events), not on every pass.
+_last_recorded = float("-inf")
+
+
+async def _recorded() -> None:
+    global _last_recorded
+    _last_recorded = time.monotonic()
+    await wake_sender()
+
+
+def recorded_since(moment: float) -> bool:
+    """Whether this process committed an event at or after `moment`."""
+    return _last_recorded >= moment

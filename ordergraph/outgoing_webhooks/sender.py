@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import logging
 import signal
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -28,7 +29,7 @@ from ordergraph.outgoing_webhooks.deliveries import (
     record_delivered,
     record_failed,
 )
-from ordergraph.outgoing_webhooks.events import sender_wakeup
+from ordergraph.outgoing_webhooks.events import recorded_since, sender_wakeup
 from ordergraph.outgoing_webhooks.fan_out import fan_out_all
 from ordergraph.outgoing_webhooks.http import HookClient
 from ordergraph.outgoing_webhooks.targets import Resolver, TargetRefused, system_resolver
@@ -72,6 +73,9 @@ class WebhookSender:
         self.in_flight: Counter[str] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
         self.soonest_retry: datetime | None = None
+        # When the last fan-out began (time.monotonic()): a pass that follows a delivery's
+        # answer need not look for events again.
+        self.fanned_out_at = float("-inf")
         self._stopping = False
 
     async def run(self) -> None:
@@ -117,9 +121,13 @@ class WebhookSender:
         await self.client.aclose()
 
     async def fill_slots(self) -> None:
-        """Write the deliveries of the events recorded since the last pass, then claim due
-        deliveries, a batch at a time, until the slots are full or none is due."""
-        await fan_out_all()
+        """Write the deliveries of the events recorded meanwhile (when one of this process
+        was, or a poll's time has passed), then claim due deliveries, a batch at a time,
+        until the slots are full or none is due."""
+        now = time.monotonic()
+        if recorded_since(self.fanned_out_at) or now - self.fanned_out_at >= self.poll_seconds:
+            self.fanned_out_at = now
+            await fan_out_all()
         while not self._stopping and (free := self.slots - len(self.tasks)) > 0:
             batch = await claim_due(
                 self.lease, limit=free, per_endpoint=self.per_endpoint, in_flight=self.in_flight

@@ -104,11 +104,13 @@ async def receiving(answer: Answer = ok, path: str = "/hooks") -> AsyncIterator[
         yield receiver
 
 
-async def deliveries_written() -> None:
+async def deliveries_written(timeout: float = 10) -> None:
     """Wait until every recorded event has its deliveries (the sender writes them, and so does
     this, whichever comes first)."""
+    deadline = time.monotonic() + timeout
     while True:
         await fan_out_all()
         if not await WebhookEvent.filter(fan_out_pending=True).exists():
             return
+        assert time.monotonic() < deadline, "events still waiting to be fanned out"
         await asyncio.sleep(0.01)
