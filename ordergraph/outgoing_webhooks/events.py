@@ -16,7 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from ordergraph.db import after_commit, get_connection
+from ordergraph.db import after_commit, get_connection, is_postgres
 from ordergraph.db.sql import fetch
 from ordergraph.models import (
     Order,
@@ -99,25 +99,52 @@ _INSERT_EVENT = """
 INSERT INTO webhook_events (id, type, order_id, body, created_at, fan_out_pending)
 VALUES (?, ?, ?, ?, ?, TRUE)
 """
+# PostgreSQL: the order's lines are read by the INSERT itself, their JSON array written into the
+# body where `LINES_MARK` stands (the text around it comes as two parameters): one round trip.
+# The mark holds a NUL, which no text PostgreSQL stores can, so no field of the order is it.
+LINES_MARK = "\x00lines"
+_INSERT_EVENT_WITH_LINES = """
+INSERT INTO webhook_events (id, type, order_id, body, created_at, fan_out_pending)
+SELECT ?, ?, ?, ? || (
+    SELECT '[' || coalesce(string_agg(json_build_object(
+        'name', product_name, 'productId', product_id::text, 'quantity', quantity,
+        'quantityRefunded', quantity_refunded, 'unitPrice', unit_price)::text, ',' ORDER BY id
+    ), '') || ']'
+    FROM order_items WHERE order_id = ?
+) || ?, ?, TRUE
+"""
 
 
 async def record_order_event(
     order: Order, event_type: str, changed: dict[str, Any] | None = None
 ) -> None:
     """Write `event_type` about `order` (as it is with `changed` applied) when an endpoint
-    wants it, in the caller's transaction: a read of the order's lines and one INSERT."""
+    wants it, in the caller's transaction: one INSERT that reads the order's lines itself on
+    PostgreSQL; elsewhere, and for the events of returns, the reads and then the INSERT."""
     if not await _anyone_wants(event_type):
         return
+    connection = get_connection()
     now = datetime.now(UTC)
     event_id = uuid.uuid4()
+    in_sql = is_postgres(connection) and not event_type.startswith("return.")
+    payload = order_payload(order, changed or {})
+    payload["lines"] = LINES_MARK if in_sql else await _lines(order.id)
+    if event_type.startswith("return."):
+        payload["returns"] = await _returns(order.id)
     body = {
         "id": str(event_id),
         "type": event_type,
         "createdAt": now.isoformat(),
-        "data": {"order": await order_payload(order, changed or {}, event_type)},
+        "data": {"order": payload},
     }
     text = json.dumps(body, separators=(",", ":"), sort_keys=True)
-    await fetch(get_connection(), _INSERT_EVENT, event_id, event_type, order.id, text, now)
+    event = (event_id, event_type, order.id)
+    if in_sql:
+        before, after = text.split(json.dumps(LINES_MARK))
+        insert = _INSERT_EVENT_WITH_LINES
+        await fetch(connection, insert, *event, before, order.id, after, now)
+    else:
+        await fetch(connection, _INSERT_EVENT, *event, text, now)
     after_commit(_recorded)
 
 
@@ -131,15 +158,14 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-async def order_payload(order: Order, changed: dict[str, Any], event_type: str) -> dict[str, Any]:
-    """The order as a receiver sees it: the public API's names, money in minor units; the
-    events of returns carry the order's returns too."""
+def order_payload(order: Order, changed: dict[str, Any]) -> dict[str, Any]:
+    """The order as a receiver sees it, the public API's names, money in minor units; its
+    `lines` (and, in the events of returns, `returns`) are the caller's to add."""
 
     def get(name: str) -> Any:
         return changed.get(name, getattr(order, name))
 
-    lines = await fetch(get_connection(), _LINES, order.id)
-    payload: dict[str, Any] = {
+    return {
         "id": str(order.id),
         "status": OrderStatus(get("status")).name,
         "paymentStatus": PaymentStatus(get("payment_status")).name,
@@ -160,34 +186,37 @@ async def order_payload(order: Order, changed: dict[str, Any], event_type: str) 
         "updatedAt": _iso(get("updated_at")),
         "paidAt": _iso(get("paid_at")),
         "deliveredAt": _iso(get("delivered_at")),
-        "lines": [
-            {
-                "productId": str(line["product_id"]),
-                "name": line["product_name"],
-                "unitPrice": line["unit_price"],
-                "quantity": line["quantity"],
-                "quantityRefunded": line["quantity_refunded"],
-            }
-            for line in lines
-        ],
     }
-    if event_type.startswith("return."):
-        returns = await OrderReturn.filter(order_id=order.id).order_by("requested_at")
-        payload["returns"] = [
-            {
-                "id": str(r.id),
-                "status": r.status.name,
-                "lines": r.lines,
-                "reason": r.reason,
-                "rejectionReason": r.rejection_reason,
-                "refundedAmount": r.refunded_amount,
-                "requestedAt": _iso(r.requested_at),
-                "confirmedAt": _iso(r.confirmed_at),
-                "receivedAt": _iso(r.received_at),
-            }
-            for r in returns
-        ]
-    return payload
+
+
+async def _lines(order_id: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "productId": str(line["product_id"]),
+            "name": line["product_name"],
+            "unitPrice": line["unit_price"],
+            "quantity": line["quantity"],
+            "quantityRefunded": line["quantity_refunded"],
+        }
+        for line in await fetch(get_connection(), _LINES, order_id)
+    ]
+
+
+async def _returns(order_id: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": str(r.id),
+            "status": r.status.name,
+            "lines": r.lines,
+            "reason": r.reason,
+            "rejectionReason": r.rejection_reason,
+            "refundedAmount": r.refunded_amount,
+            "requestedAt": _iso(r.requested_at),
+            "confirmedAt": _iso(r.confirmed_at),
+            "receivedAt": _iso(r.received_at),
+        }
+        for r in await OrderReturn.filter(order_id=order_id).order_by("requested_at")
+    ]
 
 
 # A delivery a few milliseconds later is no loss to a receiver; a request that answers later is.
