@@ -132,13 +132,10 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
     )
 
 
-# The collector's generation thresholds in a server (CPython's default: 700, 10, 10). With the
-# default, anything alive across two young collections (every 700 allocations: well under a
-# millisecond of a busy server) reaches the oldest generation, so a request's or a delivery's
-# short-lived objects fill it, and each time they have grown it by a quarter a full collection
-# walks every live object: with 10,000 subscribers 0.2 to 1.9 s during which nothing is sent
-# (docs/benchmarks.md, "Subscriptions"). Young collections of 50,000 objects let those objects
-# die young; they take about a millisecond.
+# The collector's thresholds in a server (CPython's: 700, 10, 10, which promote a request's
+# short-lived objects to the oldest generation; each time they grow it by a quarter a full
+# collection walks every live object: 0.2 to 1.9 s with 10,000 subscribers). Young collections
+# of 50,000 objects let them die young (docs/benchmarks.md, "the collector's thresholds").
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
