@@ -38,6 +38,7 @@ from typing import Any
 
 from ordergraph import events, logs, metrics
 from ordergraph.db import AfterCommit, after_commit, get_connection, is_postgres, transaction
+from ordergraph.db.sql import fetch
 from ordergraph.domain.errors import BusinessError, ErrorCode
 from ordergraph.domain.inventory import release_stock, reserve_stock
 from ordergraph.models import Order, OrderItem, OrderStatus, OrderStatusChange, PaymentStatus
@@ -211,11 +212,11 @@ async def change_order(
 
 _CHANGE_AND_HISTORY = """
 WITH changed AS (
-    UPDATE orders SET {assignments} WHERE id = $1 AND version = $2
+    UPDATE orders SET {assignments} WHERE id = ? AND version = ?
     RETURNING id, status, payment_status
 )
 INSERT INTO order_status_changes (order_id, status, payment_status, reason, actor, at)
-SELECT id, status, payment_status, $3, $4, $5 FROM changed RETURNING id
+SELECT id, status, payment_status, ?, ?, ? FROM changed RETURNING id
 """
 
 
@@ -229,17 +230,12 @@ async def _write_change(order: Order, values: dict[str, Any], *, reason: str, ac
     if is_postgres(connection):
         names = sorted(values)
         meta = Order._meta
-        assignments = ", ".join(
-            f'"{meta.fields_db_projection[name]}" = ${n}' for n, name in enumerate(names, 6)
-        )
+        assignments = ", ".join(f'"{meta.fields_db_projection[name]}" = ?' for name in names)
         stored = {name: meta.fields_map[name].to_db_value(values[name], order) for name in names}
         values["updated_at"] = stored["updated_at"]  # auto_now: what is stored, and the row's time
-        params = [order.id, order.version, reason, actor, stored["updated_at"]]
-        params += [stored[name] for name in names]
-        rows = await connection.execute_query_dict(
-            _CHANGE_AND_HISTORY.format(assignments=assignments), params
-        )
-        changed = len(rows)
+        query = _CHANGE_AND_HISTORY.format(assignments=assignments)
+        params = [*(stored[name] for name in names), order.id, order.version]
+        changed = len(await fetch(connection, query, *params, reason, actor, stored["updated_at"]))
     else:
         changed = await Order.filter(id=order.id, version=order.version).update(**values)
         if changed == 1:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from tortoise.expressions import Q
 
 from ordergraph.db import after_commit, get_connection, is_postgres
+from ordergraph.db.sql import fetch
 from ordergraph.models import Order, OutboxEmail, OutboxStatus
 from ordergraph.wakeup import Wakeup
 
@@ -28,7 +29,7 @@ class Composed:
 _ENQUEUE = """
 INSERT INTO outbox_emails (dedupe_key, order_id, recipient, subject, text_body, html_body,
     status, attempts, next_attempt_at, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, now(), now())
+VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, now(), now())
 ON CONFLICT (dedupe_key) DO NOTHING
 """
 
@@ -44,10 +45,8 @@ async def enqueue_email(
     order_id = order.id if order is not None else None
     connection = get_connection()
     if is_postgres(connection):
-        await connection.execute_query(
-            _ENQUEUE,
-            [dedupe_key, order_id, recipient, composed.subject, composed.text, composed.html],
-        )
+        values = (dedupe_key, order_id, recipient, composed.subject, composed.text, composed.html)
+        await fetch(connection, _ENQUEUE, *values)
     else:
         row = OutboxEmail(
             dedupe_key=dedupe_key,

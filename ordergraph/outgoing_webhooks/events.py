@@ -141,8 +141,7 @@ async def record_order_event(
     event = (event_id, event_type, order.id)
     if in_sql:
         before, after = text.split(json.dumps(LINES_MARK))
-        insert = _INSERT_EVENT_WITH_LINES
-        await fetch(connection, insert, *event, before, order.id, after, now)
+        await fetch(connection, _INSERT_EVENT_WITH_LINES, *event, before, order.id, after, now)
     else:
         await fetch(connection, _INSERT_EVENT, *event, text, now)
     after_commit(_recorded)

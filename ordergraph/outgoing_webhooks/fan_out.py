@@ -45,9 +45,8 @@ delivered AS (
     JOIN webhook_endpoints e
       ON e.events @> jsonb_build_array(t.type) OR e.events @> '["*"]'::jsonb
     ORDER BY t.created_at, t.id, e.id
-    RETURNING 1
 )
-SELECT (SELECT count(*) FROM taken) AS events, (SELECT count(*) FROM delivered) AS deliveries
+SELECT count(*) AS events FROM taken
 """
 _TAKE_SQLITE = f"""
 UPDATE webhook_events SET fan_out_pending = 0
