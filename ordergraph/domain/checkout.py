@@ -12,6 +12,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import F
@@ -34,7 +35,13 @@ from ordergraph.models import (
     PaymentStatus,
     Product,
 )
-from ordergraph.outgoing_webhooks.events import ORDER_CREATED, record_order_event
+from ordergraph.outgoing_webhooks.events import (
+    ORDER_CREATED,
+    event_insert,
+    line_payload,
+    prepare_order_event,
+    write_event,
+)
 from ordergraph.settings import Settings
 from ordergraph.stripe_gateway import PaymentProviderError, StripeGateway
 from ordergraph.stripe_objects import CheckoutSessionRequest, SessionLine
@@ -156,26 +163,33 @@ async def place_order(
             for pid, qty in quantities.items()
         ]
         await _record_lines(connection, order, items, actor=f"user:{user_id}")
-        await record_order_event(order, ORDER_CREATED)
         # A new order, for staff following the whole shop (orderChanges), at commit.
         await events.announce(events.OrderEvent(str(order.id), order.version))
     return order, items
 
 
-# The order's lines and the first row of its history in one round trip.
+# The order's lines, the first row of its history and its event, if any, in one round trip.
 _LINES_AND_FIRST_CHANGE = """
 WITH lines AS (
     INSERT INTO order_items (order_id, product_id, product_name, unit_price, quantity, tax_code)
-    SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::int[], $6::text[])
-)
+    SELECT ?, * FROM unnest(?::uuid[], ?::text[], ?::bigint[], ?::int[], ?::text[])
+){event}
 INSERT INTO order_status_changes (order_id, status, payment_status, reason, actor, at)
-VALUES ($1, $7, $8, 'checkout', $9, now())
+VALUES (?, ?, ?, 'checkout', ?, now())
 """
 
 
 async def _record_lines(
     connection: BaseDBAsyncClient, order: Order, items: list[OrderItem], *, actor: str
 ) -> None:
+    """The order's lines, the first row of its history and the `order.created` event."""
+    event = await prepare_order_event(
+        order,
+        ORDER_CREATED,
+        lines=[
+            line_payload(i.product_id, i.product_name, i.unit_price, i.quantity, 0) for i in items
+        ],
+    )
     if not is_postgres(connection):
         await OrderItem.bulk_create(items)
         await OrderStatusChange.create(
@@ -185,20 +199,25 @@ async def _record_lines(
             reason="checkout",
             actor=actor,
         )
+        if event is not None:
+            await write_event(event)
         return
-    await connection.execute_query(
-        _LINES_AND_FIRST_CHANGE,
-        [
-            order.id,
-            [uuid.UUID(str(i.product_id)) for i in items],
-            [i.product_name for i in items],
-            [i.unit_price for i in items],
-            [i.quantity for i in items],
-            [i.tax_code for i in items],
-            order.status.value,
-            order.payment_status.value,
-            actor,
-        ],
+    params: list[Any] = [
+        order.id,
+        [uuid.UUID(str(i.product_id)) for i in items],
+        [i.product_name for i in items],
+        [i.unit_price for i in items],
+        [i.quantity for i in items],
+        [i.tax_code for i in items],
+    ]
+    cte = ""
+    if event is not None:
+        insert, event_params = event_insert(event)
+        cte = f", event AS ({insert})"
+        params += event_params
+    query = _LINES_AND_FIRST_CHANGE.format(event=cte)
+    await fetch(
+        connection, query, *params, order.id, order.status.value, order.payment_status.value, actor
     )
 
 

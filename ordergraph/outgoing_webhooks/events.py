@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,41 +96,59 @@ async def _anyone_wants(event_type: str) -> bool:
     return any(wants(types, event_type) for types in _endpoints[1])
 
 
-_INSERT_EVENT = """
-INSERT INTO webhook_events (id, type, order_id, body, created_at, fan_out_pending)
-VALUES (?, ?, ?, ?, ?, TRUE)
-"""
-# PostgreSQL: the order's lines are read by the INSERT itself, their JSON array written into the
-# body where `LINES_MARK` stands (the text around it comes as two parameters): one round trip.
-# The mark holds a NUL, which no text PostgreSQL stores can, so no field of the order is it.
+# The order's lines as the JSON array of the body, read in SQL (PostgreSQL): the body's text is
+# passed in two parts around `LINES_MARK`, where the array goes. The mark holds a NUL, which no
+# text PostgreSQL stores can, so no field of the order is it.
 LINES_MARK = "\x00lines"
-_INSERT_EVENT_WITH_LINES = """
-INSERT INTO webhook_events (id, type, order_id, body, created_at, fan_out_pending)
-SELECT ?, ?, ?, ? || (
+_MARK_JSON = json.dumps(LINES_MARK)
+_LINES_JSON = """(
     SELECT '[' || coalesce(string_agg(json_build_object(
         'name', product_name, 'productId', product_id::text, 'quantity', quantity,
         'quantityRefunded', quantity_refunded, 'unitPrice', unit_price)::text, ',' ORDER BY id
     ), '') || ']'
     FROM order_items WHERE order_id = ?
-) || ?, ?, TRUE
+)"""
+_INSERT_EVENT = """
+INSERT INTO webhook_events (id, type, order_id, body, created_at, fan_out_pending)
+SELECT ?, ?, ?, {body}, ?, TRUE{source}
 """
 
 
-async def record_order_event(
-    order: Order, event_type: str, changed: dict[str, Any] | None = None
-) -> None:
-    """Write `event_type` about `order` (as it is with `changed` applied) when an endpoint
-    wants it, in the caller's transaction: one INSERT that reads the order's lines itself on
-    PostgreSQL; elsewhere, and for the events of returns, the reads and then the INSERT."""
+@dataclass(frozen=True)
+class PreparedEvent:
+    """An event ready to be written. `lines_in_sql`: its body holds `LINES_MARK` where the
+    INSERT puts the order's lines, read by the INSERT itself."""
+
+    id: uuid.UUID
+    type: str
+    order_id: Any
+    created_at: datetime
+    body: str
+    lines_in_sql: bool
+
+
+async def prepare_order_event(
+    order: Order,
+    event_type: str,
+    changed: dict[str, Any] | None = None,
+    *,
+    lines: list[dict[str, Any]] | None = None,
+) -> PreparedEvent | None:
+    """`event_type` about `order` as it is with `changed` applied, or None when no endpoint
+    wants it. Its lines are `lines` when the caller has them; otherwise, on PostgreSQL, the
+    INSERT reads them (except for the events of returns, which read their returns too)."""
     if not await _anyone_wants(event_type):
-        return
-    connection = get_connection()
+        return None
     now = datetime.now(UTC)
     event_id = uuid.uuid4()
-    in_sql = is_postgres(connection) and not event_type.startswith("return.")
     payload = order_payload(order, changed or {})
-    payload["lines"] = LINES_MARK if in_sql else await _lines(order.id)
-    if event_type.startswith("return."):
+    of_returns = event_type.startswith("return.")
+    in_sql = lines is None and not of_returns and is_postgres(get_connection())
+    if in_sql:
+        payload["lines"] = LINES_MARK
+    else:
+        payload["lines"] = lines if lines is not None else await _lines(order.id)
+    if of_returns:
         payload["returns"] = await _returns(order.id)
     body = {
         "id": str(event_id),
@@ -138,13 +157,41 @@ async def record_order_event(
         "data": {"order": payload},
     }
     text = json.dumps(body, separators=(",", ":"), sort_keys=True)
-    event = (event_id, event_type, order.id)
-    if in_sql:
-        before, after = text.split(json.dumps(LINES_MARK))
-        await fetch(connection, _INSERT_EVENT_WITH_LINES, *event, before, order.id, after, now)
+    return PreparedEvent(event_id, event_type, order.id, now, text, in_sql)
+
+
+def event_insert(event: PreparedEvent, *, source: str = "") -> tuple[str, list[Any]]:
+    """The INSERT that writes `event`, and its parameters, for a caller that runs it within a
+    statement of its own (a CTE: one round trip for a change and its event); `source`
+    (" FROM changed") writes it only if that CTE returned a row. The sender hears of it at
+    commit."""
+    params: list[Any] = [event.id, event.type, event.order_id]
+    if event.lines_in_sql:
+        before, after = event.body.split(_MARK_JSON)
+        body = f"? || {_LINES_JSON} || ?"
+        params += [before, event.order_id, after]
     else:
-        await fetch(connection, _INSERT_EVENT, *event, text, now)
+        body = "?"
+        params.append(event.body)
+    params.append(event.created_at)
     after_commit(_recorded)
+    return _INSERT_EVENT.format(body=body, source=source), params
+
+
+async def write_event(event: PreparedEvent) -> None:
+    """Write `event` in the caller's transaction."""
+    query, params = event_insert(event)
+    await fetch(get_connection(), query, *params)
+
+
+async def record_order_event(
+    order: Order, event_type: str, changed: dict[str, Any] | None = None
+) -> None:
+    """Write `event_type` about `order` (as it is with `changed` applied) when an endpoint
+    wants it, in the caller's transaction."""
+    event = await prepare_order_event(order, event_type, changed)
+    if event is not None:
+        await write_event(event)
 
 
 _LINES = """
@@ -188,17 +235,21 @@ def order_payload(order: Order, changed: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def line_payload(
+    product_id: Any, product_name: str, unit_price: int, quantity: int, quantity_refunded: int
+) -> dict[str, Any]:
+    """One line of an order as a receiver sees it (the arguments: `order_items`' columns)."""
+    return {
+        "productId": str(product_id),
+        "name": product_name,
+        "unitPrice": unit_price,
+        "quantity": quantity,
+        "quantityRefunded": quantity_refunded,
+    }
+
+
 async def _lines(order_id: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "productId": str(line["product_id"]),
-            "name": line["product_name"],
-            "unitPrice": line["unit_price"],
-            "quantity": line["quantity"],
-            "quantityRefunded": line["quantity_refunded"],
-        }
-        for line in await fetch(get_connection(), _LINES, order_id)
-    ]
+    return [line_payload(**row) for row in await fetch(get_connection(), _LINES, order_id)]
 
 
 async def _returns(order_id: Any) -> list[dict[str, Any]]:
