@@ -163,26 +163,27 @@ async def place_order(
             for pid, qty in quantities.items()
         ]
         await _record_lines(connection, order, items, actor=f"user:{user_id}")
-        # A new order, for staff following the whole shop (orderChanges), at commit.
-        await events.announce(events.OrderEvent(str(order.id), order.version))
     return order, items
 
 
-# The order's lines, the first row of its history and its event, if any, in one round trip.
+# The order's lines, the first row of its history, its event (if any) and its announcement (when
+# PostgreSQL carries them) in one round trip.
 _LINES_AND_FIRST_CHANGE = """
 WITH lines AS (
     INSERT INTO order_items (order_id, product_id, product_name, unit_price, quantity, tax_code)
     SELECT ?, * FROM unnest(?::uuid[], ?::text[], ?::bigint[], ?::int[], ?::text[])
 ){event}
 INSERT INTO order_status_changes (order_id, status, payment_status, reason, actor, at)
-VALUES (?, ?, ?, 'checkout', ?, now())
+VALUES (?, ?, ?, 'checkout', ?, now()){announce}
 """
 
 
 async def _record_lines(
     connection: BaseDBAsyncClient, order: Order, items: list[OrderItem], *, actor: str
 ) -> None:
-    """The order's lines, the first row of its history and the `order.created` event."""
+    """The order's lines, the first row of its history, the `order.created` event and the
+    announcement of a new order, for staff following the whole shop (orderChanges)."""
+    hint = events.OrderEvent(str(order.id), order.version)
     event = await prepare_order_event(
         order,
         ORDER_CREATED,
@@ -201,6 +202,7 @@ async def _record_lines(
         )
         if event is not None:
             await write_event(event)
+        await events.announce(hint)
         return
     params: list[Any] = [
         order.id,
@@ -215,10 +217,14 @@ async def _record_lines(
         insert, event_params = event_insert(event)
         cte = f", event AS ({insert})"
         params += event_params
-    query = _LINES_AND_FIRST_CHANGE.format(event=cte)
-    await fetch(
-        connection, query, *params, order.id, order.status.value, order.payment_status.value, actor
-    )
+    params += [order.id, order.status.value, order.payment_status.value, actor]
+    announce = events.announcement_sql(hint)
+    if announce is None:
+        await events.announce(hint)
+    else:
+        params += announce[1]
+    returning = f" RETURNING {announce[0]}" if announce is not None else ""
+    await fetch(connection, _LINES_AND_FIRST_CHANGE.format(event=cte, announce=returning), *params)
 
 
 async def undo_checkout(order_id: str, reason: str) -> None:

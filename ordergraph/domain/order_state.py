@@ -199,7 +199,6 @@ async def change_order(
         await _write_change(order, values, reason=reason, actor=actor, event=event)
         if old_status in HOLDS_STOCK and _holds_nothing(new_status):
             await release_stock(await _order_lines(order))
-        await events.announce(events.OrderEvent(str(order.id), order.version + 1))
         after_commit(_count_change(old_status, new_status, old_payment, new_payment))
     _apply(order, values)
     log.info(
@@ -221,7 +220,7 @@ WITH changed AS (
     RETURNING id, status, payment_status
 ){event}
 INSERT INTO order_status_changes (order_id, status, payment_status, reason, actor, at)
-SELECT id, status, payment_status, ?, ?, ? FROM changed RETURNING id
+SELECT id, status, payment_status, ?, ?, ? FROM changed RETURNING id{announce}
 """
 
 
@@ -233,14 +232,17 @@ async def _write_change(
     actor: str,
     event: PreparedEvent | None = None,
 ) -> None:
-    """The order's new values, if its version is still the one read, its history row and the
-    event for the shop's endpoints, if any.
+    """The order's new values, if its version is still the one read, its history row, the
+    event for the shop's endpoints, if any, and the announcement to subscribers.
 
     On PostgreSQL one statement of fixed shape (the UPDATE in a CTE, the history row and the
-    event inserted from what it changed): building the ORM's UPDATE cost more CPU than running
-    it, and each statement more is a round trip more for every change.
+    event inserted from what it changed, the notification sent from it when PostgreSQL carries
+    the order events): building the ORM's UPDATE cost more CPU than running it, and each
+    statement more is a round trip more for every change.
     """
+    hint = events.OrderEvent(str(order.id), values["version"])
     connection = get_connection()
+    announce = events.announcement_sql(hint) if is_postgres(connection) else None
     if is_postgres(connection):
         names = sorted(values)
         meta = Order._meta
@@ -253,8 +255,15 @@ async def _write_change(
             insert, event_params = event_insert(event, source=" FROM changed")
             cte = f", event AS ({insert})"
             params += event_params
-        query = _CHANGE_AND_HISTORY.format(assignments=assignments, event=cte)
-        changed = len(await fetch(connection, query, *params, reason, actor, stored["updated_at"]))
+        params += [reason, actor, stored["updated_at"]]
+        if announce is not None:
+            params += announce[1]
+        query = _CHANGE_AND_HISTORY.format(
+            assignments=assignments,
+            event=cte,
+            announce=f", {announce[0]}" if announce is not None else "",
+        )
+        changed = len(await fetch(connection, query, *params))
     else:
         changed = await Order.filter(id=order.id, version=order.version).update(**values)
         if changed == 1:
@@ -271,6 +280,8 @@ async def _write_change(
         raise BusinessError.of(
             ErrorCode.INVALID_TRANSITION, "The order was changed by someone else; try again"
         )
+    if announce is None:
+        await events.announce(hint)
 
 
 def _apply(order: Order, values: dict[str, Any]) -> None:
@@ -291,7 +302,6 @@ async def note_change(
         if webhook_event is not None:
             event = await prepare_order_event(order, webhook_event, values)
         await _write_change(order, values, reason=reason, actor=actor, event=event)
-        await events.announce(events.OrderEvent(str(order.id), order.version + 1))
     _apply(order, values)
     log.info("order %s: %s (by %s)", order.id, reason, actor)
     return order

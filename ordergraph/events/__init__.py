@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 from ordergraph.events.base import (
@@ -52,6 +53,7 @@ __all__ = [
     "ShopSubscriber",
     "Subscriber",
     "announce",
+    "announcement_sql",
     "current_transport",
     "reconnect_delays",
     "running",
@@ -110,3 +112,9 @@ async def running(url: str) -> AsyncIterator[EventTransport]:
 async def announce(event: OrderEvent) -> None:
     """Tell subscribers of `event` once the surrounding transaction commits."""
     await _transport.announce(event)
+
+
+def announcement_sql(event: OrderEvent) -> tuple[str, list[Any]] | None:
+    """An SQL expression that does what `announce` does, for the caller's own statement (see
+    `EventTransport.announcement_sql`), or None when the transport cannot."""
+    return _transport.announcement_sql(event)

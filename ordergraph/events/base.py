@@ -330,6 +330,12 @@ class EventTransport:
         itself can instead let the database hold the message until commit."""
         after_commit(lambda: self.publish(event))
 
+    def announcement_sql(self, event: OrderEvent) -> tuple[str, list[Any]] | None:
+        """For a transport whose backend is the database itself: an SQL expression (and its
+        parameters) that announces `event` when the changing transaction's own statement
+        evaluates it, saving that transaction a round trip. None: call `announce`."""
+        return None
+
     async def publish(self, event: OrderEvent) -> None:
         """Send `event` to every process's subscribers now."""
         raise NotImplementedError

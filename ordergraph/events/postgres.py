@@ -72,6 +72,9 @@ class PostgresTransport(EventTransport):
         the notification until that transaction commits, and drops it on a rollback."""
         await self.publish(event)
 
+    def announcement_sql(self, event: OrderEvent) -> tuple[str, list[Any]]:
+        return "pg_notify(?, ?)", [self.channel, event.encode()]
+
     async def publish(self, event: OrderEvent) -> None:
         await get_connection("default").execute_query(
             "SELECT pg_notify($1, $2)", [self.channel, event.encode()]

@@ -11,12 +11,17 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from ordergraph import events
 from ordergraph.db import transaction
+from ordergraph.domain.errors import BusinessError
+from ordergraph.domain.order_state import change_order, lock_order
 from ordergraph.events import CATCH_UP, EventTransport, MemoryTransport, OrderEvent, Subscriber
 from ordergraph.events import redis as events_redis
 from ordergraph.events.postgres import PostgresTransport
 from ordergraph.events.redis import RedisTransport
+from ordergraph.models import Order, OrderStatus, PaymentStatus
 from tests.conftest import BACKEND, PG_ADMIN_DSN, Harness
+from tests.utils.helpers import checked_out_order, make_product
 from tests.utils.live import (
     REDIS_URL,
     kill_postgres_listeners,
@@ -95,6 +100,35 @@ async def test_announce_delivers_at_commit_and_never_for_a_rollback(
             await transport.announce(OrderEvent("o1", 5))
         assert await _next(subscription) == OrderEvent("o1", 5)
         assert await _nothing(subscription)
+
+
+async def test_an_order_change_is_announced_once_at_commit_and_a_lost_race_never(
+    transport: EventTransport, app: Harness
+) -> None:
+    """Through `change_order`, which on PostgreSQL sends the notification from the change's
+    own statement: a change that loses the version race, caught and committed, tells no one."""
+    product = await make_product("TEE-EVENTS", stock=5)
+    order_id = (await checked_out_order(app, app.token("alice"), product))["orderId"]
+    stale = await Order.get(id=order_id)
+    previous = events.use_transport(transport)
+    try:
+        async with transport.subscribe(order_id) as subscription:
+            async with transaction():
+                order = await lock_order(order_id)
+                assert order is not None
+                await change_order(
+                    order, payment_status=PaymentStatus.PROCESSING, reason="t", actor="t"
+                )
+                assert await _nothing(subscription)
+            assert await _next(subscription) == OrderEvent(order_id, 2)
+
+            async with transaction():
+                with pytest.raises(BusinessError):
+                    await change_order(stale, status=OrderStatus.CANCELLED, reason="t", actor="t")
+            assert await _nothing(subscription)
+    finally:
+        events.use_transport(previous)
+    assert (await Order.get(id=order_id)).version == 2
 
 
 async def test_hints_arrive_in_commit_order(transport: EventTransport) -> None:
