@@ -36,7 +36,8 @@ RECORDED: list[tuple[str, str, float]] = []
 
 
 def _install() -> None:
-    for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
+    # executemany and fetchmany send all their statements as one pipeline: one round trip.
+    for name in ("execute", "executemany", "fetch", "fetchmany", "fetchrow", "fetchval"):
         original = getattr(asyncpg.connection.Connection, name)
 
         def wrapper(self: Any, query: str, *args: Any, _original: Any = original, **kw: Any):

@@ -26,3 +26,21 @@ def _for(connection: BaseDBAsyncClient, query: str, values: list[Any]) -> tuple[
 async def fetch(connection: BaseDBAsyncClient, query: str, *values: Any) -> list[dict[str, Any]]:
     text, params = _for(connection, query, list(values))
     return await connection.execute_query_dict(text, params)
+
+
+async def fetch_each(
+    connection: BaseDBAsyncClient, query: str, rows: list[list[Any]]
+) -> list[dict[str, Any]]:
+    """`query` once for each row of values, in order, each its own statement; what they
+    return, together. On PostgreSQL in one round trip (asyncpg's `fetchmany` sends them as one
+    pipeline), so a checkout's lines cost one round trip however many there are."""
+    if not rows:
+        return []
+    if connection.capabilities.dialect != "postgres":
+        found: list[dict[str, Any]] = []
+        for values in rows:
+            found += await fetch(connection, query, *values)
+        return found
+    text, _ = _for(connection, query, rows[0])
+    async with connection.acquire_connection() as raw:
+        return [dict(record) for record in await raw.fetchmany(text, rows)]

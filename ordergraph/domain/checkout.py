@@ -140,7 +140,7 @@ async def place_order(
         if offer["automatic_tax"]:
             rows = await Product.filter(id__in=list(quantities)).values_list("id", "tax_code")
             tax_codes = {str(pid): code for pid, code in rows}
-        order = await Order.create(
+        order = Order(
             user_id=user_id,
             status=OrderStatus.PENDING_PAYMENT,
             payment_status=PaymentStatus.PENDING,
@@ -162,14 +162,17 @@ async def place_order(
             )
             for pid, qty in quantities.items()
         ]
-        await _record_lines(connection, order, items, actor=f"user:{user_id}")
+        await _record_order(connection, order, items, actor=f"user:{user_id}")
     return order, items
 
 
-# The order's lines, the first row of its history, its event (if any) and its announcement (when
-# PostgreSQL carries them) in one round trip.
-_LINES_AND_FIRST_CHANGE = """
-WITH lines AS (
+# The order, its lines, the first row of its history, its event (if any) and its announcement
+# (when PostgreSQL carries them) in one round trip. The foreign keys of the lines and the
+# history are checked at the end of the statement, when the order's row is there.
+_ORDER_LINES_AND_FIRST_CHANGE = """
+WITH placed AS (
+    INSERT INTO orders ({columns}) VALUES ({values})
+), lines AS (
     INSERT INTO order_items (order_id, product_id, product_name, unit_price, quantity, tax_code)
     SELECT ?, * FROM unnest(?::uuid[], ?::text[], ?::bigint[], ?::int[], ?::text[])
 ){event}
@@ -178,20 +181,17 @@ VALUES (?, ?, ?, 'checkout', ?, now()){announce}
 """
 
 
-async def _record_lines(
+async def _record_order(
     connection: BaseDBAsyncClient, order: Order, items: list[OrderItem], *, actor: str
 ) -> None:
-    """The order's lines, the first row of its history, the `order.created` event and the
-    announcement of a new order, for staff following the whole shop (orderChanges)."""
+    """Write the new `order`, its lines, the first row of its history, the `order.created`
+    event and the announcement of a new order, for staff following the whole shop
+    (orderChanges)."""
     hint = events.OrderEvent(str(order.id), order.version)
-    event = await prepare_order_event(
-        order,
-        ORDER_CREATED,
-        lines=[
-            line_payload(i.product_id, i.product_name, i.unit_price, i.quantity, 0) for i in items
-        ],
-    )
+    lines = [line_payload(i.product_id, i.product_name, i.unit_price, i.quantity, 0) for i in items]
     if not is_postgres(connection):
+        await order.save(force_create=True)
+        event = await prepare_order_event(order, ORDER_CREATED, lines=lines)
         await OrderItem.bulk_create(items)
         await OrderStatusChange.create(
             order_id=order.id,
@@ -204,7 +204,14 @@ async def _record_lines(
             await write_event(event)
         await events.announce(hint)
         return
+    meta = Order._meta
+    names = sorted(meta.fields_db_projection)
+    # As stored (this sets the order's times, as saving it would), before the event reads them.
     params: list[Any] = [
+        meta.fields_map[name].to_db_value(getattr(order, name), order) for name in names
+    ]
+    event = await prepare_order_event(order, ORDER_CREATED, lines=lines)
+    params += [
         order.id,
         [uuid.UUID(str(i.product_id)) for i in items],
         [i.product_name for i in items],
@@ -223,8 +230,14 @@ async def _record_lines(
         await events.announce(hint)
     else:
         params += announce[1]
-    returning = f" RETURNING {announce[0]}" if announce is not None else ""
-    await fetch(connection, _LINES_AND_FIRST_CHANGE.format(event=cte, announce=returning), *params)
+    query = _ORDER_LINES_AND_FIRST_CHANGE.format(
+        columns=", ".join(f'"{meta.fields_db_projection[name]}"' for name in names),
+        values=", ".join("?" * len(names)),
+        event=cte,
+        announce=f" RETURNING {announce[0]}" if announce is not None else "",
+    )
+    await fetch(connection, query, *params)
+    order._saved_in_db = True
 
 
 async def undo_checkout(order_id: str, reason: str) -> None:

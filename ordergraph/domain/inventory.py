@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from tortoise.expressions import F
 
 from ordergraph.db import get_connection
-from ordergraph.db.sql import fetch
+from ordergraph.db.sql import fetch_each
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
 from ordergraph.models import Product
 
@@ -33,22 +33,16 @@ async def reserve_stock(lines: Iterable[tuple[str, int]]) -> dict[str, Reserved]
     is priced from the database without reading the products again. Must run inside a
     transaction: on a short line the caller's rollback returns what the earlier lines took.
     """
-    short: list[Problem] = []
-    reserved: dict[str, Reserved] = {}
-    connection = get_connection()
-    for product_id, quantity in sorted(lines):
-        rows = await fetch(
-            connection,
-            "UPDATE products SET stock = stock - ? WHERE id = ? AND active AND stock >= ? "
-            "RETURNING name, price",
-            quantity,
-            uuid.UUID(product_id),
-            quantity,
-        )
-        if rows:
-            reserved[product_id] = Reserved(rows[0]["name"], rows[0]["price"])
-        else:
-            short.append(await _shortage(product_id, quantity))
+    wanted = sorted(lines)  # every checkout locks products in the same order
+    rows = await fetch_each(
+        get_connection(),
+        "UPDATE products SET stock = stock - ? WHERE id = ? AND active AND stock >= ? "
+        "RETURNING id, name, price",
+        [[quantity, uuid.UUID(product_id), quantity] for product_id, quantity in wanted],
+    )
+    named = {str(uuid.UUID(product_id)): product_id for product_id, _ in wanted}
+    reserved = {named[str(row["id"])]: Reserved(row["name"], row["price"]) for row in rows}
+    short = [await _shortage(pid, quantity) for pid, quantity in wanted if pid not in reserved]
     if short:
         raise BusinessError(*short)
     return reserved
