@@ -37,7 +37,7 @@ from ordergraph.models import (
 )
 from ordergraph.outgoing_webhooks.events import (
     ORDER_CREATED,
-    event_insert,
+    event_cte,
     line_payload,
     prepare_order_event,
     write_event,
@@ -219,12 +219,8 @@ async def _record_order(
         [i.quantity for i in items],
         [i.tax_code for i in items],
     ]
-    cte = ""
-    if event is not None:
-        insert, event_params = event_insert(event)
-        cte = f", event AS ({insert})"
-        params += event_params
-    params += [order.id, order.status.value, order.payment_status.value, actor]
+    cte, event_params = event_cte(event)
+    params += [*event_params, order.id, order.status.value, order.payment_status.value, actor]
     announce = events.announcement_sql(hint)
     if announce is None:
         await events.announce(hint)

@@ -45,7 +45,7 @@ from ordergraph.models import Order, OrderItem, OrderStatus, OrderStatusChange, 
 from ordergraph.outgoing_webhooks.events import (
     PreparedEvent,
     change_event_type,
-    event_insert,
+    event_cte,
     prepare_order_event,
     write_event,
 )
@@ -249,12 +249,8 @@ async def _write_change(
         assignments = ", ".join(f'"{meta.fields_db_projection[name]}" = ?' for name in names)
         stored = {name: meta.fields_map[name].to_db_value(values[name], order) for name in names}
         values["updated_at"] = stored["updated_at"]  # auto_now: what is stored, and the row's time
-        params = [*(stored[name] for name in names), order.id, order.version]
-        cte = ""
-        if event is not None:
-            insert, event_params = event_insert(event, source=" FROM changed")
-            cte = f", event AS ({insert})"
-            params += event_params
+        cte, event_params = event_cte(event, source=" FROM changed")
+        params = [*(stored[name] for name in names), order.id, order.version, *event_params]
         params += [reason, actor, stored["updated_at"]]
         if announce is not None:
             params += announce[1]

@@ -160,10 +160,9 @@ async def prepare_order_event(
     return PreparedEvent(event_id, event_type, order.id, now, text, in_sql)
 
 
-def event_insert(event: PreparedEvent, *, source: str = "") -> tuple[str, list[Any]]:
-    """The INSERT that writes `event`, and its parameters, for a caller that runs it within a
-    statement of its own (a CTE: one round trip for a change and its event); `source`
-    (" FROM changed") writes it only if that CTE returned a row. The sender hears of it at
+def _event_insert(event: PreparedEvent, *, source: str = "") -> tuple[str, list[Any]]:
+    """The INSERT that writes `event`, and its parameters; `source` (" FROM changed") writes it
+    only if that CTE of the caller's statement returned a row. The sender hears of it at
     commit."""
     params: list[Any] = [event.id, event.type, event.order_id]
     if event.lines_in_sql:
@@ -178,9 +177,19 @@ def event_insert(event: PreparedEvent, *, source: str = "") -> tuple[str, list[A
     return _INSERT_EVENT.format(body=body, source=source), params
 
 
+def event_cte(event: PreparedEvent | None, *, source: str = "") -> tuple[str, list[Any]]:
+    """The INSERT of `event` as the CTE `, event AS (...)`, to follow the first CTE of a
+    caller's statement (one round trip for a change and its event), and its parameters;
+    nothing when there is no event."""
+    if event is None:
+        return "", []
+    insert, params = _event_insert(event, source=source)
+    return f", event AS ({insert})", params
+
+
 async def write_event(event: PreparedEvent) -> None:
     """Write `event` in the caller's transaction."""
-    query, params = event_insert(event)
+    query, params = _event_insert(event)
     await fetch(get_connection(), query, *params)
 
 
