@@ -10,7 +10,7 @@ their defaults), and a receiver in a process of its own (`bench.webhook_receiver
 every endpoint on a loopback port of its own). Two parts:
 
 1. **Delivery throughput (backlog drain).** For N = 1, 10 and 100 endpoints subscribed to
-   `*`, a backlog of K events on K distinct orders (as `record_order_event` writes them, each
+   `*`, a backlog of K events on K distinct orders (as a change writes them, each
    event its own moment) is committed with asyncpg while the endpoints are paused; the
    server's sender notices within its poll (1 s) and fans them out to N deliveries each (the
    seconds from the commit until every event is fanned out are reported), then the endpoints
@@ -260,7 +260,7 @@ async def register(
 
 
 def event_body(event_id: uuid.UUID, order: dict[str, Any], lines: list[tuple[Any, ...]]) -> str:
-    """An `order.created` body with the keys and sizes `record_order_event` writes."""
+    """An `order.created` body with the keys and sizes a change writes."""
     at = order["created_at"].isoformat()
     payload = {
         "id": str(order["id"]),
@@ -873,8 +873,8 @@ def shares(raw: Path) -> dict[str, Any]:
                 parts["sender: POST"] += count
             elif "record_delivered (" in stack:
                 parts["sender: record"] += count
-        elif "record_order_event (" in stack:
-            parts["record_order_event (in requests)"] += count
+        elif "prepare_order_event (" in stack:  # its INSERT runs within the change's statement
+            parts["prepare_order_event (in requests)"] += count
         else:
             parts["other"] += count
     return {

@@ -22,6 +22,7 @@ import asyncpg
 from tortoise.connection import get_connection
 
 from ordergraph.db import is_postgres
+from ordergraph.db.sql import fetch
 from ordergraph.events.base import EventTransport, OrderEvent, reconnect_delays, split_channel
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,8 @@ class PostgresTransport(EventTransport):
         return "pg_notify(?, ?)", [self.channel, event.encode()]
 
     async def publish(self, event: OrderEvent) -> None:
-        await get_connection("default").execute_query(
-            "SELECT pg_notify($1, $2)", [self.channel, event.encode()]
-        )
+        expression, params = self.announcement_sql(event)
+        await fetch(get_connection("default"), f"SELECT {expression}", *params)
 
     async def ping(self) -> bool:
         listener = self._connection

@@ -1,11 +1,12 @@
 """Events for the shop's endpoints, written with the change they report.
 
-`record_order_event` runs inside the transaction of the change: when any endpoint wants the
-event type, it writes the event (its exact JSON body, the order as it is after the change),
-one row however many endpoints want it; the sender writes one delivery per endpoint from it
-(fan_out.py). A rollback takes the event with it, and a commit makes it durable before anyone
-could be told, so delivery is at least once and only of what happened. With no endpoint
-registered a change costs nothing but a look at a list this process keeps.
+`prepare_order_event` runs inside the transaction of the change: when any endpoint wants the
+event type, the change writes the event (in its own statement on PostgreSQL, `event_cte`): its
+exact JSON body, the order as it is after the change, one row however many endpoints want it;
+the sender writes one delivery per endpoint from it (fan_out.py). A rollback takes the event
+with it, and a commit makes it durable before anyone could be told, so delivery is at least
+once and only of what happened. With no endpoint registered a change costs nothing but a look
+at a list this process keeps.
 """
 
 from __future__ import annotations
@@ -191,16 +192,6 @@ async def write_event(event: PreparedEvent) -> None:
     """Write `event` in the caller's transaction."""
     query, params = _event_insert(event)
     await fetch(get_connection(), query, *params)
-
-
-async def record_order_event(
-    order: Order, event_type: str, changed: dict[str, Any] | None = None
-) -> None:
-    """Write `event_type` about `order` (as it is with `changed` applied) when an endpoint
-    wants it, in the caller's transaction."""
-    event = await prepare_order_event(order, event_type, changed)
-    if event is not None:
-        await write_event(event)
 
 
 _LINES = """

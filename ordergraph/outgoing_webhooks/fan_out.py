@@ -1,6 +1,6 @@
 """Events into deliveries: one per endpoint that wants the event, written by the sender.
 
-A change's transaction writes only its event (`events.record_order_event`), one row however
+A change's transaction writes only its event (`events.prepare_order_event`), one row however
 many endpoints there are, so a request pays nothing per endpoint; the sender fans the events
 out before each claim, a batch of events in one statement.
 

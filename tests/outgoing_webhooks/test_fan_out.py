@@ -15,7 +15,11 @@ from collections import defaultdict
 from ordergraph.db import transaction
 from ordergraph.models import Order, WebhookDelivery, WebhookEvent
 from ordergraph.outgoing_webhooks import endpoints
-from ordergraph.outgoing_webhooks.events import ORDER_STATUS_CHANGED, record_order_event
+from ordergraph.outgoing_webhooks.events import (
+    ORDER_STATUS_CHANGED,
+    prepare_order_event,
+    write_event,
+)
 from ordergraph.outgoing_webhooks.fan_out import fan_out
 from tests.conftest import Harness
 from tests.utils.helpers import checked_out_order, make_product
@@ -38,7 +42,11 @@ async def _change(order_id: str, versions: dict[str, int]) -> None:
     async with transaction():
         order = await Order.select_for_update().get(id=order_id)
         versions[order_id] += 1
-        await record_order_event(order, ORDER_STATUS_CHANGED, {"version": versions[order_id]})
+        event = await prepare_order_event(
+            order, ORDER_STATUS_CHANGED, {"version": versions[order_id]}
+        )
+        assert event is not None
+        await write_event(event)
 
 
 async def test_concurrent_fan_outs_write_each_delivery_once_and_in_order(app: Harness) -> None:
