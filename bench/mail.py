@@ -1,14 +1,15 @@
 """The mail sender: how fast one `MailSender` sends what the outbox holds, and its CPU per mail.
 
     .venv/bin/python -m bench.mail [--mails K] [--rate R] [--seconds S] [--accept-ms A]
-                                   [--sender-from FILE] [--profile] [--output FILE]
+                                   [--sender-from FILE] [--loop L] [--profile] [--output FILE]
 
 One PostgreSQL database made for the run (`bench.common.BenchDatabase`, migrated by ordergraph,
 dropped afterwards), an SMTP server (aiosmtpd) in a process of its own that accepts every mail
 (`--accept-ms`: after that long, as a relay that stores or scans a mail before it answers) and
 counts them, and one `MailSender` in a process of its own (`--sender`: Tortoise on the
 database, the sender's defaults but for a poll of 50 ms, which stands in for the wake-up a
-commit gives the sender of its own process). Two parts, each with a fresh sender process:
+commit gives the sender of its own process), on uvloop as in a server's worker, where uvicorn
+runs it (`--loop asyncio`: on asyncio's own loop). Two parts, each with a fresh sender process:
 
 1. **Backlog.** K receipts (default 2,000; a receipt's size: a table of lines, an address and
    the order link with its token) are committed before the sender starts; the run times it
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import uvloop
 
 from bench import profiling
 from bench.common import (
@@ -206,12 +208,13 @@ async def sender_process(database_url: str, smtp_port: int, sender_from: str) ->
 class Setup:
     sender_from: str  # a file with the MailSender to measure instead of ordergraph's, or ""
     accept_ms: float  # the SMTP server's delay before it accepts a mail
+    loop: str  # the sender's event loop: "uvloop", as in a server's worker, or "asyncio"
 
 
 class SenderProcess:
     def __init__(self, database_url: str, smtp_port: int, setup: Setup) -> None:
         self.args = ["-m", "bench.mail", "--sender", database_url, str(smtp_port)]
-        self.args += [setup.sender_from]
+        self.args += [setup.sender_from, setup.loop]
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -436,10 +439,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             if not profiling.available():
                 raise SystemExit("py-spy is not installed: .venv/bin/pip install -e '.[bench]'")
             profile = Path(tempfile.mkdtemp(prefix="ordergraph-mail-")) / "sender.txt"
-        setup = Setup(str(args.sender_from or ""), args.accept_ms)
+        setup = Setup(str(args.sender_from or ""), args.accept_ms, args.loop)
         results: dict[str, Any] = {
             "sender": str(args.sender_from or "ordergraph/mail/sender.py"),
             "smtp_accept_ms": args.accept_ms,
+            "loop": args.loop,
             "load_average": os.getloadavg()[0],
             "backlog": await backlog(database.url, setup, args.mails, profile),
             "stream": await stream(database.url, setup, args.rate, args.seconds),
@@ -482,11 +486,16 @@ if __name__ == "__main__":
     parser.add_argument("--output", type=Path, default=RESULTS / "mail.json")
     parser.add_argument("--sender-from", type=Path, help="measure the MailSender of this file")
     parser.add_argument("--accept-ms", type=float, default=0.0)
-    parser.add_argument("--sender", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the sender's event loop"
+    )
+    parser.add_argument("--sender", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sender:
-        url, port, sender_from = args.sender
-        asyncio.run(sender_process(url, int(port), sender_from))
+        url, port, sender_from, loop = args.sender
+        factory = uvloop.new_event_loop if loop == "uvloop" else None
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(sender_process(url, int(port), sender_from))
         sys.exit(0)
     results = asyncio.run(main(args))
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,7 @@ BATCH_SIZE = 20
 # slowed down, the rest of a batch that did not fit is handed back, due at once.
 RECORD_MARGIN = timedelta(seconds=5)
 BATCH_SECONDS = timedelta(seconds=10)
+SENT, RETRIED, GIVEN_UP = (metrics.EMAILS.labels(o) for o in ("sent", "retried", "dead"))
 
 
 def backoff(attempts: int) -> timedelta:
@@ -72,7 +73,8 @@ class MailSender:
         self.settings = settings
         self.poll_seconds = poll_seconds
         self.batch_size = batch_size
-        # One mail's time: each SMTP step is cut at the timeout, the whole mail at twice it.
+        # One mail's time, twice the timeout: a session opened for it (each step cut at the
+        # timeout), then its MAIL, RCPT and DATA (smtp.py), cut all together.
         self.send_time = timedelta(seconds=2 * settings.mail_send_timeout_seconds)
         self.lease = self.send_time + BATCH_SECONDS + RECORD_MARGIN
         self.smtp = SmtpSession(settings)
@@ -162,10 +164,10 @@ class MailSender:
                 error=error,
                 next_attempt_at=self.now() + backoff(attempts),
             )
-            metrics.EMAILS.labels("dead" if status == OutboxStatus.DEAD else "retried").inc()
+            (GIVEN_UP if status == OutboxStatus.DEAD else RETRIED).inc()
             return status == OutboxStatus.DEAD
         await claims.sent(mail, attempts, self.now())
-        metrics.EMAILS.labels("sent").inc()
+        SENT.inc()
         return True
 
     def compose(self, mail: ClaimedMail) -> Mail:

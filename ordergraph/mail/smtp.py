@@ -12,7 +12,9 @@ failure but a recipient refused for good (then the envelope is reset, as aiosmtp
 the session serves the next mail), the session is dropped and the next mail opens a new one.
 
 The settings are those of a session per mail: SMTP_HOST, SMTP_PORT, SMTP_USERNAME and
-SMTP_PASSWORD, SMTP_STARTTLS, and MAIL_SEND_TIMEOUT_SECONDS for each step.
+SMTP_PASSWORD, SMTP_STARTTLS, and MAIL_SEND_TIMEOUT_SECONDS for each step of opening a session.
+A mail's own steps (MAIL, RCPT, DATA) have no timeout of their own: the sender bounds the whole
+mail (`MailSender.send_time`), which spares each step a timer and a task of `asyncio.wait_for`.
 """
 
 from __future__ import annotations
@@ -159,18 +161,20 @@ async def _transaction(client: aiosmtplib.SMTP, wire: Wire, recipient: str) -> N
         options.append(b"BODY=8BITMIME")
     try:
         response = await client.execute_command(
-            b"MAIL", b"FROM:<" + wire.sender.encode() + b">", *options
+            b"MAIL", b"FROM:<" + wire.sender.encode() + b">", *options, timeout=None
         )
         if response.code != aiosmtplib.SMTPStatus.completed:
             raise aiosmtplib.SMTPSenderRefused(response.code, response.message, wire.sender)
-        response = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
+        response = await client.execute_command(
+            b"RCPT", b"TO:<" + recipient.encode() + b">", timeout=None
+        )
         if response.code not in (
             aiosmtplib.SMTPStatus.completed,
             aiosmtplib.SMTPStatus.will_forward,
         ):
             refused = aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
             raise aiosmtplib.SMTPRecipientsRefused([refused])
-        await client.data(wire.data)
+        await client.data(wire.data, timeout=None)
     except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
         try:  # reset the envelope, as sendmail does
             await client.rset()

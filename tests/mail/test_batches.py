@@ -276,6 +276,31 @@ async def test_a_failure_worth_retrying_hands_the_rest_of_the_batch_back(
     assert sorted(relay.recipients) == sorted(addressed(rows))
 
 
+async def test_a_server_that_stops_answering_costs_one_try_after_the_mails_time(
+    app: Harness, relay: Relay
+) -> None:
+    """No SMTP step has a timeout of its own: the mail's time (twice MAIL_SEND_TIMEOUT_SECONDS)
+    cuts the step the server never answers, and the next mail gets a new session."""
+    rows = await due_mails(3)
+    relay.hold_data = 1
+    sender = Ahead(replace(app.settings, smtp_port=relay.port, mail_send_timeout_seconds=1))
+
+    started = time.monotonic()
+    assert not await sender.send_batch()
+    waited = time.monotonic() - started
+
+    assert 2 <= waited < 5
+    stuck = await OutboxEmail.get(id=rows[0].id)
+    assert (stuck.status, stuck.attempts, stuck.claimed_until) == (OutboxStatus.PENDING, 1, None)
+    assert stuck.last_error and stuck.last_error.startswith("TimeoutError")
+    assert relay.recipients == []
+    relay.let_go.set()
+    await drain(sender)
+    await sender.smtp.close()
+    assert relay.recipients == addressed(rows[1:])
+    assert relay.sessions == 2  # the session cut mid-mail was not used again
+
+
 async def test_a_refused_recipient_is_dead_and_the_batch_goes_on(
     app: Harness, relay: Relay
 ) -> None:

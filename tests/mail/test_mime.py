@@ -83,6 +83,8 @@ def test_every_encoding_the_email_package_chooses_is_matched() -> None:
         "empty": "",
         "dots and From": ".\n..\nFrom me\n.",
         "trailing spaces, long": "word \t " * 20 + "\nend ",
+        "escapes where a line breaks": "\n".join("x" * n + "=" + "y" * 60 for n in range(70, 80)),
+        "a space at the break": "\n".join("x" * n + " " for n in range(74, 82)),
     }
     for name, text in cases.items():
         assert same_bytes(receipt(text=text, html=text)), name
@@ -115,6 +117,8 @@ _text = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]) | st.sampled_from("\r\n. "),
     max_size=400,
 )
+# Printable ASCII with "=" and spaces where lines break: the encoder's fast path and its wrapping.
+_plain_text = st.lists(st.sampled_from([*"ab=. \t\n", "x" * 70]), max_size=60).map("".join)
 
 
 @settings(max_examples=300, deadline=None)
@@ -124,8 +128,8 @@ _text = st.text(
     | st.text(max_size=30),
     key=st.text(alphabet="abc09:-._=?", min_size=1, max_size=60),
     mail_id=st.integers(min_value=1, max_value=10**9),
-    text=_text,
-    html=_text,
+    text=_text | _plain_text,
+    html=_text | _plain_text,
 )
 def test_any_mail_is_written_as_the_email_package_writes_it_or_left_to_it(
     recipient: str, subject: str, key: str, mail_id: int, text: str, html: str
