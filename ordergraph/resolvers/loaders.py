@@ -12,6 +12,8 @@ from typing import Any, Protocol, TypeVar
 
 from strawberry.dataloader import DataLoader
 
+from ordergraph.db import get_connection
+from ordergraph.db.sql import select
 from ordergraph.models import OrderItem, OrderNote, OrderReturn, OrderStatusChange
 
 
@@ -26,8 +28,9 @@ def _by_order(model: Any, ordering: str) -> Callable[[Sequence[str]], Awaitable[
     """A load function for the rows of `model` that belong to each order, in `ordering`."""
 
     async def load(order_ids: Sequence[str]) -> list[list[R]]:
+        where = f"order_id IN ({', '.join('?' * len(order_ids))})"
         found: dict[str, list[R]] = defaultdict(list)
-        for row in await model.filter(order_id__in=list(order_ids)).order_by(ordering):
+        for row in await select(get_connection(), model, where, *order_ids, order_by=ordering):
             found[str(row.order_id)].append(row)
         return [found[str(i)] for i in order_ids]
 

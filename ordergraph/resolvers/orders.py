@@ -46,16 +46,16 @@ async def order(info: Info, id: strawberry.ID, access_token: str | None = None) 
     key = parse_uuid(id)
     if key is None:
         return None
-    query = OrderModel.filter(id=key)
     opened = access_token is not None and order_id_from_access_token(
         context.settings.jwt_secret, access_token
     ) == str(key)
+    owner = None
     if not opened:
         if identity is None:
             return None
         if not identity.is_staff:
-            query = query.filter(user_id=identity.user_id)
-    row = await query.first()
+            owner = identity.user_id
+    row = await order_search.find_order(key, owner=owner)
     return Order.from_model(row) if row else None
 
 

@@ -33,6 +33,7 @@ from tortoise.transactions import in_transaction
 
 from ordergraph import events, logs, metrics
 from ordergraph.db import is_postgres
+from ordergraph.domain import order_search
 from ordergraph.domain.errors import ErrorCode
 from ordergraph.models import Order as OrderModel
 from ordergraph.resolvers import orders
@@ -131,7 +132,7 @@ class OrderReads:
         async with in_transaction() as connection:
             if is_postgres(connection):
                 await connection.execute_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            order = await OrderModel.filter(id=order_id).first()
+            order = await order_search.find_order(order_id)
             if order is None:
                 return None
             await loaders.order_items.load(order_id)
