@@ -60,7 +60,6 @@ from typing import Any
 from tortoise.backends.base.client import BaseDBAsyncClient
 
 from ordergraph.db import get_connection, is_postgres
-from ordergraph.db.sql import select
 from ordergraph.domain.errors import BusinessError, ErrorCode
 from ordergraph.domain.ids import parse_uuid
 from ordergraph.models import Order, OrderStatus, PaymentStatus
@@ -342,15 +341,6 @@ def count_sql(value: Statement, query: OrderQuery) -> str:
         matches = " UNION ".join(_matching_ids(query.search, value))
         return f"SELECT count(*) AS n FROM ({matches}) AS matches"
     return f"SELECT count(*) AS n FROM orders o{sql_where(where(query, value))}"
-
-
-async def find_order(order_id: uuid.UUID | str, *, owner: str | None = None) -> Order | None:
-    """The order `order_id`, or None; given `owner`, only if it is that user's."""
-    where, values = "id = ?", [order_id]
-    if owner is not None:
-        where, values = "id = ? AND user_id = ?", [order_id, owner]
-    rows = await select(get_connection(), Order, where, *values)
-    return rows[0] if rows else None
 
 
 async def find_orders(

@@ -11,7 +11,15 @@ from strawberry.types.nodes import SelectedField, Selection
 
 from ordergraph import logs
 from ordergraph.auth import order_id_from_access_token
-from ordergraph.domain import expiry, fulfilment, notes, order_search, payments, refunds
+from ordergraph.domain import (
+    expiry,
+    fulfilment,
+    notes,
+    order_read,
+    order_search,
+    payments,
+    refunds,
+)
 from ordergraph.domain.errors import BusinessError, ErrorCode, order_not_found
 from ordergraph.domain.ids import parse_uuid
 from ordergraph.models import Order as OrderModel
@@ -55,8 +63,12 @@ async def order(info: Info, id: strawberry.ID, access_token: str | None = None) 
             return None
         if not identity.is_staff:
             owner = identity.user_id
-    row = await order_search.find_order(key, owner=owner)
-    return Order.from_model(row) if row else None
+    read = await order_read.read_order(key, owner=owner)
+    if read is None:
+        return None
+    context.loaders.order_items.prime(str(key), read.lines)
+    context.loaders.status_changes.prime(str(key), read.history)
+    return Order.from_model(read.order)
 
 
 def _selects(selections: list[Selection], name: str) -> bool:

@@ -33,7 +33,7 @@ from tortoise.transactions import in_transaction
 
 from ordergraph import events, logs, metrics
 from ordergraph.db import is_postgres
-from ordergraph.domain import order_search
+from ordergraph.domain import order_read
 from ordergraph.domain.errors import ErrorCode
 from ordergraph.models import Order as OrderModel
 from ordergraph.resolvers import orders
@@ -132,14 +132,14 @@ class OrderReads:
         async with in_transaction() as connection:
             if is_postgres(connection):
                 await connection.execute_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            order = await order_search.find_order(order_id)
-            if order is None:
+            read = await order_read.read_order(order_id)
+            if read is None:
                 return None
-            await loaders.order_items.load(order_id)
-            await loaders.status_changes.load(order_id)
+            loaders.order_items.prime(order_id, read.lines)
+            loaders.status_changes.prime(order_id, read.history)
             # Returns too: a return's step and the refund that follows it commit apart.
             await loaders.order_returns.load(order_id)
-        return Snapshot(order, loaders)
+        return Snapshot(read.order, loaders)
 
     def __len__(self) -> int:
         return len(self._pending)
