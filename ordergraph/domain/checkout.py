@@ -25,7 +25,13 @@ from ordergraph.domain.catalog import MAX_AMOUNT
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
 from ordergraph.domain.inventory import reserve_stock
 from ordergraph.domain.order_state import change_order, lock_order
-from ordergraph.domain.shipping import checkout_offer, offered_options
+from ordergraph.domain.shipping import (
+    Offer,
+    checkout_offer,
+    offer_from,
+    offer_query,
+    offered_options,
+)
 from ordergraph.models import (
     CartItem,
     Order,
@@ -72,9 +78,16 @@ def _limit(message: str) -> BusinessError:
     return BusinessError.of(ErrorCode.LIMIT_EXCEEDED, message, field=("cart",))
 
 
+# The shopper's units waiting for payment.
+_UNPAID_UNITS = (
+    "SELECT COALESCE(SUM(i.quantity), 0) FROM order_items i "
+    "JOIN orders o ON o.id = i.order_id WHERE o.user_id = ? AND o.status = ?"
+)
+
+
 async def _check_limits(
     connection: BaseDBAsyncClient, user_id: str, quantities: dict[str, int], settings: Settings
-) -> None:
+) -> Offer | None:
     """The cart's limits once more (a cart filled before they existed, or lines an undone
     checkout put back), then the shopper's unpaid units: those of their PENDING_PAYMENT orders
     plus this cart's may be at most MAX_UNPAID_UNITS_PER_SHOPPER.
@@ -82,18 +95,20 @@ async def _check_limits(
     The sum is read under the shopper's lock (`take_cart`, place_order's first statement):
     an order enters PENDING_PAYMENT only here, under that lock, and every other change takes
     orders out of it, so no concurrent checkout can add units between this sum and the commit.
+    On PostgreSQL the same statement reads the shop's offer (returned; None on SQLite).
     """
     if len(quantities) > settings.cart_max_lines:
         raise _limit(f"At most {settings.cart_max_lines} different products in a cart")
     if max(quantities.values()) > settings.max_units_per_line:
         raise _limit(f"At most {settings.max_units_per_line} units of one product in a cart")
-    rows = await fetch(
-        connection,
-        "SELECT COALESCE(SUM(i.quantity), 0) AS units FROM order_items i "
-        "JOIN orders o ON o.id = i.order_id WHERE o.user_id = ? AND o.status = ?",
-        user_id,
-        OrderStatus.PENDING_PAYMENT.value,
-    )
+    offer = None
+    unpaid = OrderStatus.PENDING_PAYMENT.value
+    if is_postgres(connection):
+        query = offer_query(f", ({_UNPAID_UNITS}) AS units")
+        rows = await fetch(connection, query, user_id, unpaid)
+        offer = offer_from(rows)
+    else:
+        rows = await fetch(connection, f"SELECT ({_UNPAID_UNITS}) AS units", user_id, unpaid)
     held, units = int(rows[0]["units"]), sum(quantities.values())
     limit = settings.max_unpaid_units_per_shopper
     if held + units > limit:
@@ -101,6 +116,7 @@ async def _check_limits(
             f"At most {limit} units may wait for payment at once: {held} already do and this "
             f"cart has {units}; pay or cancel an order first"
         )
+    return offer
 
 
 async def place_order(
@@ -126,7 +142,7 @@ async def place_order(
                     for p in bad
                 )
             )
-        await _check_limits(connection, user_id, quantities, settings)
+        offer_now = await _check_limits(connection, user_id, quantities, settings)
         products = await reserve_stock(quantities.items())
         total = sum(products[pid].price * qty for pid, qty in quantities.items())
         if total > MAX_AMOUNT:
@@ -135,7 +151,7 @@ async def place_order(
                 "paid in one order"
             )
         now = datetime.now(UTC)
-        offer = await checkout_offer(total, settings)
+        offer = await checkout_offer(total, settings, offer_now)
         tax_codes: dict[str, str | None] = {}
         if offer["automatic_tax"]:
             rows = await Product.filter(id__in=list(quantities)).values_list("id", "tax_code")

@@ -97,13 +97,14 @@ def _option(rate: dict[str, Any], subtotal: int) -> dict[str, Any]:
 
 
 # The active rates and whether any promotion code can be typed, in one round trip (one row
-# with NULL rate columns when there is no rate).
+# with NULL rate columns when there is no rate). `{extra}`: more columns for every row, a
+# caller's own read in the same round trip (checkout's unpaid units).
 _OFFER = f"""
 SELECT {", ".join(f"r.{column}" for column in _RATE_COLUMNS)},
     EXISTS (
         SELECT 1 FROM promotion_codes c
         WHERE c.active AND (c.expires_at IS NULL OR c.expires_at > now())
-    ) AS promotions
+    ) AS promotions{{extra}}
 FROM (SELECT 1) AS one
 LEFT JOIN (
     SELECT * FROM shipping_rates WHERE active ORDER BY amount, id LIMIT {MAX_SHIPPING_OPTIONS}
@@ -112,22 +113,45 @@ ORDER BY r.amount, r.id
 """
 
 
-async def checkout_offer(subtotal: int, settings: Settings) -> dict[str, Any]:
-    """What an order with this subtotal is offered now, to be stored on it at checkout."""
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What the shop offers now: its active rates, and whether a promotion code can be typed."""
+
+    rates: list[dict[str, Any]]
+    promotions: bool
+
+
+def offer_query(extra: str = "") -> str:
+    """The offer's statement (PostgreSQL), with `extra` (", expression AS name ...") read by
+    the same statement; `offer_from` reads the offer from its rows."""
+    return _OFFER.format(extra=extra)
+
+
+def offer_from(rows: list[dict[str, Any]]) -> Offer:
+    return Offer([r for r in rows if r["name"] is not None], bool(rows[0]["promotions"]))
+
+
+async def read_offer() -> Offer:
     connection = get_connection()
     if is_postgres(connection):
-        rows = await connection.execute_query_dict(_OFFER)
-        rates = [r for r in rows if r["name"] is not None]
-        promotions = bool(rows[0]["promotions"])
-    else:
-        active = ShippingRate.filter(active=True).order_by("amount", "id")
-        rates = await active.limit(MAX_SHIPPING_OPTIONS).values(*_RATE_COLUMNS)
-        promotions = await PromotionCode.filter(
-            Q(expires_at__isnull=True) | Q(expires_at__gt=datetime.now(UTC)), active=True
-        ).exists()
+        return offer_from(await connection.execute_query_dict(offer_query()))
+    active = ShippingRate.filter(active=True).order_by("amount", "id")
+    rates = await active.limit(MAX_SHIPPING_OPTIONS).values(*_RATE_COLUMNS)
+    promotions = await PromotionCode.filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=datetime.now(UTC)), active=True
+    ).exists()
+    return Offer(rates, promotions)
+
+
+async def checkout_offer(
+    subtotal: int, settings: Settings, offer: Offer | None = None
+) -> dict[str, Any]:
+    """What an order with this subtotal is offered (`offer`, read now when not given), to be
+    stored on it at checkout."""
+    offer = offer or await read_offer()
     return {
-        "shipping_options": [_option(r, subtotal) for r in rates],
-        "allow_promotion_codes": promotions,
+        "shipping_options": [_option(r, subtotal) for r in offer.rates],
+        "allow_promotion_codes": offer.promotions,
         "automatic_tax": settings.automatic_tax,
     }
 
