@@ -56,18 +56,27 @@ async def fetch_each(
 
 
 @functools.lru_cache(maxsize=64)
-def _select(model: type[Model], where: str, order_by: str) -> str:
+def _select(model: type[Model], where: str, order_by: str, for_update: bool) -> str:
     meta = model._meta
     columns = ", ".join(f'"{column}"' for column in meta.fields_db_projection.values())
     query = f'SELECT {columns} FROM "{meta.db_table}" WHERE {where}'
-    return f"{query} ORDER BY {order_by}" if order_by else query
+    if order_by:
+        query += f" ORDER BY {order_by}"
+    return query + " FOR UPDATE" if for_update else query
 
 
 async def select(
-    connection: BaseDBAsyncClient, model: type[M], where: str, *values: Any, order_by: str = ""
+    connection: BaseDBAsyncClient,
+    model: type[M],
+    where: str,
+    *values: Any,
+    order_by: str = "",
+    for_update: bool = False,
 ) -> list[M]:
     """The rows of `model` that match `where` (SQL with `?` placeholders), as models made as
-    Tortoise's own selects make them (`Model._init_from_db`). For the hot reads: building a
-    queryset's SQL cost more than the query's round trip."""
-    rows = await fetch(connection, _select(model, where, order_by), *values)
+    Tortoise's own selects make them (`Model._init_from_db`); `for_update`: locked until the
+    transaction ends, on PostgreSQL (SQLite's transaction is its lock). For the hot reads:
+    building a queryset's SQL cost more than the query's round trip."""
+    locking = for_update and connection.capabilities.dialect == "postgres"
+    rows = await fetch(connection, _select(model, where, order_by, locking), *values)
     return [model._init_from_db(**row) for row in rows]

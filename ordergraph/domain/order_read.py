@@ -1,4 +1,5 @@
-"""Reading one order: the row alone, or with the lines and history a page shows with it.
+"""Reading one order: the row alone, with the lines and history a page shows with it, or
+locked with its lines (a payment's receipt).
 
 The success page, the staff console and every subscription message read an order with its
 lines and its history. On PostgreSQL that is one statement: the lines and the history come as
@@ -15,13 +16,16 @@ from ordergraph.db import get_connection, is_postgres
 from ordergraph.db.sql import fetch, select
 from ordergraph.models import Order, OrderItem, OrderStatusChange
 
-_WITH_LINES_AND_HISTORY = """
-SELECT o.*,
-       ARRAY(SELECT i FROM order_items i WHERE i.order_id = o.id ORDER BY i.id) AS og_lines,
-       ARRAY(SELECT c FROM order_status_changes c WHERE c.order_id = o.id ORDER BY c.id)
-           AS og_history
-FROM orders o WHERE {where}
-"""
+_LINES = "ARRAY(SELECT i FROM order_items i WHERE i.order_id = o.id ORDER BY i.id) AS og_lines"
+_HISTORY = (
+    "ARRAY(SELECT c FROM order_status_changes c WHERE c.order_id = o.id ORDER BY c.id)"
+    " AS og_history"
+)
+_WITH_LINES_AND_HISTORY = f"SELECT o.*, {_LINES}, {_HISTORY} FROM orders o WHERE {{where}}"
+# Locks the order's row only. Its lines are read as of the statement's start, before any wait
+# for the lock: what they are read for (a receipt's names, prices and quantities) never changes
+# after checkout.
+_LOCKED_WITH_LINES = f"SELECT o.*, {_LINES} FROM orders o WHERE o.id = ? FOR UPDATE OF o"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +68,19 @@ async def read_order(order_id: uuid.UUID | str, *, owner: str | None = None) -> 
     lines = [OrderItem._init_from_db(**line) for line in row.pop("og_lines")]
     history = [OrderStatusChange._init_from_db(**change) for change in row.pop("og_history")]
     return OrderRead(Order._init_from_db(**row), lines, history)
+
+
+async def lock_with_lines(order_id: uuid.UUID | str) -> tuple[Order, list[OrderItem]] | None:
+    """The order, locked until the transaction ends, with its lines as of the read."""
+    connection = get_connection()
+    if not is_postgres(connection):  # one transaction at a time: it is the lock
+        order = await find_order(order_id)
+        if order is None:
+            return None
+        return order, await select(connection, OrderItem, "order_id = ?", order.id, order_by="id")
+    rows = await fetch(connection, _LOCKED_WITH_LINES, order_id)
+    if not rows:
+        return None
+    row = rows[0]
+    lines = [OrderItem._init_from_db(**line) for line in row.pop("og_lines")]
+    return Order._init_from_db(**row), lines

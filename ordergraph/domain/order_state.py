@@ -38,7 +38,8 @@ from typing import Any
 
 from ordergraph import events, logs, metrics
 from ordergraph.db import AfterCommit, after_commit, get_connection, is_postgres, transaction
-from ordergraph.db.sql import fetch
+from ordergraph.db.sql import fetch, select
+from ordergraph.domain import order_read
 from ordergraph.domain.errors import BusinessError, ErrorCode
 from ordergraph.domain.inventory import release_stock, reserve_stock
 from ordergraph.models import Order, OrderItem, OrderStatus, OrderStatusChange, PaymentStatus
@@ -119,7 +120,15 @@ async def lock_order(order_id: str) -> Order | None:
     The order is the subject of what this task logs from here on.
     """
     logs.bind_order(order_id)
-    return await Order.filter(id=order_id).select_for_update().first()
+    rows = await select(get_connection(), Order, "id = ?", order_id, for_update=True)
+    return rows[0] if rows else None
+
+
+async def lock_order_and_lines(order_id: str) -> tuple[Order, list[OrderItem]] | None:
+    """`lock_order`, with the order's lines (`order_read.lock_with_lines`): on PostgreSQL one
+    round trip, where a receipt read them with another."""
+    logs.bind_order(order_id)
+    return await order_read.lock_with_lines(order_id)
 
 
 async def _order_lines(order: Order) -> list[tuple[str, int]]:

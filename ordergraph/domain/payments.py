@@ -18,7 +18,7 @@ from ordergraph.domain.discrepancies import Discrepancy, already_recorded, recor
 from ordergraph.domain.errors import BusinessError, ErrorCode, order_not_found
 from ordergraph.domain.ids import parse_uuid
 from ordergraph.domain.money import amount_problem, money_fields
-from ordergraph.domain.order_state import can_transition, change_order, lock_order
+from ordergraph.domain.order_state import can_transition, change_order, lock_order_and_lines
 from ordergraph.mail import messages as emails
 from ordergraph.models import (
     Order,
@@ -62,16 +62,17 @@ class Discard(Exception):
         self.outcome = outcome
 
 
-async def _named_order(session: CheckoutSession) -> Order | None:
-    """The order the session names, locked; None (logged) when it names none of ours."""
+async def _named_order(session: CheckoutSession) -> tuple[Order, list[OrderItem]] | None:
+    """The order the session names, locked, with its lines (the receipt's); None (logged)
+    when it names none of ours."""
     order_id = parse_uuid(session.metadata.get("order_id"))
     if order_id is None:
         log.warning("checkout session %s carries no valid metadata.order_id", session.id)
         return None
-    order = await lock_order(str(order_id))
-    if order is None:
+    named = await lock_order_and_lines(str(order_id))
+    if named is None:
         log.warning("checkout session %s names unknown order %s", session.id, order_id)
-    return order
+    return named
 
 
 def _refusal(session: CheckoutSession, order: Order) -> str | None:
@@ -92,9 +93,10 @@ async def order_of_session(session: CheckoutSession) -> Order | None:
     A session that names an order it cannot pay for rolls its event back (`Discard`): no money
     moved with it. A paid one is settled instead, by `confirm_checkout`.
     """
-    order = await _named_order(session)
-    if order is None:
+    named = await _named_order(session)
+    if named is None:
         return None
+    order = named[0]
     problem = _refusal(session, order)
     if problem is not None:
         _reject(session, order, problem)
@@ -212,9 +214,10 @@ async def confirm_checkout(
     once if not. Unpaid (a delayed method): the payment is PROCESSING and the order keeps its
     stock until Stripe says how it ended.
     """
-    order = await _named_order(session)
-    if order is None or session.status != "complete":
+    named = await _named_order(session)
+    if named is None or session.status != "complete":
         return Outcome.IGNORED
+    order, lines = named
     problem = _refusal(session, order)
     if problem is not None:
         if session.payment_status != "paid":
@@ -244,10 +247,11 @@ async def confirm_checkout(
     ):
         session = await _described(session, services)
     if order.status == OrderStatus.PENDING_PAYMENT:
-        await _confirm(order, session, actor=actor, reason="payment received")
+        await _confirm(order, lines, session, actor=actor, reason="payment received")
     elif can_transition(order.status, OrderStatus.PAYMENT_CONFIRMED):
         try:
-            await _confirm(order, session, actor=actor, reason="late payment: stock reserved again")
+            reason = "late payment: stock reserved again"
+            await _confirm(order, lines, session, actor=actor, reason=reason)
         except BusinessError as error:
             if error.code != ErrorCode.OUT_OF_STOCK:
                 raise
@@ -257,7 +261,9 @@ async def confirm_checkout(
     return Outcome.APPLIED
 
 
-async def _confirm(order: Order, session: CheckoutSession, *, actor: str, reason: str) -> None:
+async def _confirm(
+    order: Order, lines: list[OrderItem], session: CheckoutSession, *, actor: str, reason: str
+) -> None:
     # A late payment takes its stock again and, short of it, is refunded by the caller, so its
     # attempt must be undone alone (a savepoint); an order that still holds its stock cannot
     # fail that way, and saves the savepoint's two round trips.
@@ -276,9 +282,8 @@ async def _confirm(order: Order, session: CheckoutSession, *, actor: str, reason
             },
         )
         await _track(order, session, "paid")
-    items = await OrderItem.filter(order_id=order.id).order_by("id")
     await emails.email_shopper(
-        order, dedupe_key=f"receipt:{order.id}", composed=emails.compose_receipt(order, list(items))
+        order, dedupe_key=f"receipt:{order.id}", composed=emails.compose_receipt(order, lines)
     )
 
 
