@@ -10,6 +10,8 @@ import functools
 import itertools
 import re
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tortoise.backends.base.client import BaseDBAsyncClient
@@ -80,3 +82,32 @@ async def select(
     locking = for_update and connection.capabilities.dialect == "postgres"
     rows = await fetch(connection, _select(model, where, order_by, locking), *values)
     return [model._init_from_db(**row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Rider:
+    """A row written only if a change is: on PostgreSQL an INSERT in the change's own statement
+    (a CTE that selects its values from what the change's CTE returned, so a change that wrote
+    nothing writes no rider either, and costs no round trip more), elsewhere `alone`, awaited
+    after the change."""
+
+    table: str
+    columns: tuple[str, ...]  # the values' columns, then the constants'
+    values: tuple[Any, ...]
+    alone: Callable[[], Awaitable[object]]
+    constants: str = ""  # SQL for the last columns, e.g. "now()"
+    suffix: str = ""  # e.g. ON CONFLICT (...) DO NOTHING
+
+
+def rider_ctes(riders: Sequence[Rider], source: str) -> tuple[str, list[Any]]:
+    """`riders` as CTEs (`, rider_0 AS (INSERT ...)`) to follow a statement's CTE named
+    `source`, and their parameters."""
+    ctes: list[str] = []
+    params: list[Any] = []
+    for n, rider in enumerate(riders):
+        columns = ", ".join(rider.columns)
+        selected = ", ".join(["?"] * len(rider.values) + [rider.constants] * bool(rider.constants))
+        insert = f"INSERT INTO {rider.table} ({columns}) SELECT {selected} FROM {source}"
+        ctes.append(f", rider_{n} AS ({insert} {rider.suffix})")
+        params += rider.values
+    return "".join(ctes), params

@@ -33,12 +33,13 @@ No fulfilment without money. Beside the two tables, the pair (status, payment st
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from ordergraph import events, logs, metrics
 from ordergraph.db import AfterCommit, after_commit, get_connection, is_postgres, transaction
-from ordergraph.db.sql import fetch, select
+from ordergraph.db.sql import Rider, fetch, rider_ctes, select
 from ordergraph.domain import order_read
 from ordergraph.domain.errors import BusinessError, ErrorCode
 from ordergraph.domain.inventory import release_stock, reserve_stock
@@ -163,8 +164,10 @@ async def change_order(
     reason: str,
     actor: str,
     fields: dict[str, Any] | None = None,
+    riders: Sequence[Rider] = (),
 ) -> Order:
-    """Move `order` (read with `lock_order`) to a new status and/or payment status.
+    """Move `order` (read with `lock_order`) to a new status and/or payment status, and write
+    `riders` with it (a payment's tracker and receipt).
 
     Raises INVALID_TRANSITION, changing nothing, when a change is not in the tables or leaves
     an order to be fulfilled without its money (`funding_problem`), and OUT_OF_STOCK when an
@@ -205,7 +208,7 @@ async def change_order(
             await reserve_stock(await _order_lines(order))
         event_type = change_event_type(old_status, new_status, old_payment, new_payment)
         event = await prepare_order_event(order, event_type, values)
-        await _write_change(order, values, reason=reason, actor=actor, event=event)
+        await _write_change(order, values, reason=reason, actor=actor, event=event, riders=riders)
         if old_status in HOLDS_STOCK and _holds_nothing(new_status):
             await release_stock(await _order_lines(order))
         after_commit(_count_change(old_status, new_status, old_payment, new_payment))
@@ -240,9 +243,10 @@ async def _write_change(
     reason: str,
     actor: str,
     event: PreparedEvent | None = None,
+    riders: Sequence[Rider] = (),
 ) -> None:
     """The order's new values, if its version is still the one read, its history row, the
-    event for the shop's endpoints, if any, and the announcement to subscribers.
+    event for the shop's endpoints, if any, `riders`, and the announcement to subscribers.
 
     On PostgreSQL one statement of fixed shape (the UPDATE in a CTE, the history row and the
     event inserted from what it changed, the notification sent from it when PostgreSQL carries
@@ -259,13 +263,15 @@ async def _write_change(
         stored = {name: meta.fields_map[name].to_db_value(values[name], order) for name in names}
         values["updated_at"] = stored["updated_at"]  # auto_now: what is stored, and the row's time
         cte, event_params = event_cte(event, source=" FROM changed")
+        rider_sql, rider_params = rider_ctes(riders, "changed")
         params = [*(stored[name] for name in names), order.id, order.version, *event_params]
+        params += rider_params
         params += [reason, actor, stored["updated_at"]]
         if announce is not None:
             params += announce[1]
         query = _CHANGE_AND_HISTORY.format(
             assignments=assignments,
-            event=cte,
+            event=cte + rider_sql,
             announce=f", {announce[0]}" if announce is not None else "",
         )
         changed = len(await fetch(connection, query, *params))
@@ -281,6 +287,8 @@ async def _write_change(
             )
             if event is not None:
                 await write_event(event)
+            for rider in riders:
+                await rider.alone()
     if changed != 1:
         raise BusinessError.of(
             ErrorCode.INVALID_TRANSITION, "The order was changed by someone else; try again"

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any, NoReturn
 
 from ordergraph.db import transaction
+from ordergraph.db.sql import Rider
 from ordergraph.domain.discrepancies import Discrepancy, already_recorded, record_discrepancy
 from ordergraph.domain.errors import BusinessError, ErrorCode, order_not_found
 from ordergraph.domain.ids import parse_uuid
@@ -268,6 +269,15 @@ async def _confirm(
     # attempt must be undone alone (a savepoint); an order that still holds its stock cannot
     # fail that way, and saves the savepoint's two round trips.
     late = order.status != OrderStatus.PENDING_PAYMENT
+    fields = {**_payment_fields(session, order), "paid_at": datetime.now(UTC), "is_locked": True}
+    paid = order.clone(pk=order.id)  # the order as the change leaves it, for its receipt
+    for name, value in fields.items():
+        setattr(paid, name, value)
+    receipt = emails.compose_receipt(paid, lines)
+    riders = [
+        _tracker(order, session, "paid"),
+        *await emails.shopper_mail_rider(paid, dedupe_key=f"receipt:{order.id}", composed=receipt),
+    ]
     async with transaction(savepoint=late):
         await change_order(
             order,
@@ -275,15 +285,33 @@ async def _confirm(
             payment_status=PaymentStatus.PAID,
             reason=reason,
             actor=actor,
-            fields={
-                **_payment_fields(session, order),
-                "paid_at": datetime.now(UTC),
-                "is_locked": True,
-            },
+            fields=fields,
+            riders=riders,
         )
-        await _track(order, session, "paid")
-    await emails.email_shopper(
-        order, dedupe_key=f"receipt:{order.id}", composed=emails.compose_receipt(order, lines)
+
+
+_TRACKER_COLUMNS = (
+    *("order_id", "provider", "session_id", "payment_intent_id", "amount", "currency", "status"),
+    "created",
+)
+
+
+def _tracker(order: Order, session: CheckoutSession, status: str) -> Rider:
+    """The payment's tracker row, to be written with the order's change."""
+    return Rider(
+        table="payment_trackers",
+        columns=_TRACKER_COLUMNS,
+        values=(
+            order.id,
+            "stripe",
+            session.id,
+            session.payment_intent_id,
+            session.amount_total,
+            order.currency,
+            status,
+        ),
+        constants="now()",
+        alone=lambda: _track(order, session, status),
     )
 
 

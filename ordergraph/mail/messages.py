@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ordergraph.auth import issue_order_token
+from ordergraph.db.sql import Rider
 from ordergraph.mail import outbox
 from ordergraph.mail.outbox import Composed
 from ordergraph.models import Order, OrderItem, OrderReturn, User
@@ -233,22 +234,42 @@ def compose_dispute(order: Order, dispute_id: str, amount: int | None) -> Compos
     )
 
 
-async def email_shopper(order: Order, *, dedupe_key: str, composed: Composed) -> None:
-    """Queue a mail to the order's shopper: the order's email (known at checkout, else the one
-    Stripe collected), else the one they paid with, else their account's address."""
+async def _shopper_address(order: Order, composed: Composed) -> str | None:
+    """The order's email (known at checkout, else the one Stripe collected), else the one
+    they paid with, else their account's address."""
     recipient = order.email or order.customer_email
     if not recipient:
         user = await User.get_or_none(id=order.user_id)
         recipient = user.email if user is not None else None
     if not recipient:
         log.warning("order %s has no email address for %r", order.id, composed.subject)
-        return
-    await outbox.enqueue_email(
-        dedupe_key=dedupe_key,
-        recipient=recipient,
-        composed=with_order_link(order, composed),
-        order=order,
-    )
+    return recipient
+
+
+async def email_shopper(order: Order, *, dedupe_key: str, composed: Composed) -> None:
+    """Queue a mail to the order's shopper (`_shopper_address`), with the order's link."""
+    recipient = await _shopper_address(order, composed)
+    if recipient:
+        await outbox.enqueue_email(
+            dedupe_key=dedupe_key,
+            recipient=recipient,
+            composed=with_order_link(order, composed),
+            order=order,
+        )
+
+
+async def shopper_mail_rider(order: Order, *, dedupe_key: str, composed: Composed) -> list[Rider]:
+    """`email_shopper` as a rider of a change of `order` (`order` as the change leaves it):
+    none when the shopper has no address."""
+    recipient = await _shopper_address(order, composed)
+    if not recipient:
+        return []
+    composed = with_order_link(order, composed)
+    return [
+        outbox.email_rider(
+            dedupe_key=dedupe_key, recipient=recipient, composed=composed, order=order
+        )
+    ]
 
 
 async def email_staff(

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from tortoise.expressions import Q
 
 from ordergraph.db import after_commit, get_connection, is_postgres
-from ordergraph.db.sql import fetch
+from ordergraph.db.sql import Rider, fetch
 from ordergraph.models import Order, OutboxEmail, OutboxStatus
 from ordergraph.wakeup import Wakeup
 
@@ -26,11 +26,12 @@ class Composed:
 
 # PostgreSQL's INSERT, as fixed text: building the ORM's INSERT ... ON CONFLICT cost more CPU
 # than sending it.
-_ENQUEUE = """
-INSERT INTO outbox_emails (dedupe_key, order_id, recipient, subject, text_body, html_body,
-    status, attempts, next_attempt_at, created_at)
+_COLUMNS = ("dedupe_key", "order_id", "recipient", "subject", "text_body", "html_body")
+_ONCE = "ON CONFLICT (dedupe_key) DO NOTHING"
+_ENQUEUE = f"""
+INSERT INTO outbox_emails ({", ".join(_COLUMNS)}, status, attempts, next_attempt_at, created_at)
 VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, now(), now())
-ON CONFLICT (dedupe_key) DO NOTHING
+{_ONCE}
 """
 
 
@@ -59,6 +60,22 @@ async def enqueue_email(
         )
         await OutboxEmail.bulk_create([row], ignore_conflicts=True)
     after_commit(wake_sender)
+
+
+def email_rider(*, dedupe_key: str, recipient: str, composed: Composed, order: Order) -> Rider:
+    """`enqueue_email` as a rider of the order's change (`order_state.change_order`): the
+    mail is written with the change, in its statement on PostgreSQL."""
+    after_commit(wake_sender)
+    return Rider(
+        table="outbox_emails",
+        columns=(*_COLUMNS, "status", "attempts", "next_attempt_at", "created_at"),
+        values=(dedupe_key, order.id, recipient, composed.subject, composed.text, composed.html),
+        constants="'pending', 0, now(), now()",
+        suffix=_ONCE,
+        alone=lambda: enqueue_email(
+            dedupe_key=dedupe_key, recipient=recipient, composed=composed, order=order
+        ),
+    )
 
 
 _wakeup = Wakeup()
