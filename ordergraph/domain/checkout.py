@@ -18,7 +18,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import F
 
 from ordergraph import events, logs, metrics
-from ordergraph.db import is_postgres, transaction
+from ordergraph.db import get_connection, is_postgres, transaction
 from ordergraph.db.sql import fetch
 from ordergraph.domain.cart import take_cart
 from ordergraph.domain.catalog import MAX_AMOUNT
@@ -339,6 +339,9 @@ async def checkout(
     return result
 
 
+_SESSION_ID = "UPDATE orders SET stripe_checkout_session_id = ? WHERE id = ?"
+
+
 async def _checkout(
     user_id: str, email: str | None, settings: Settings, gateway: StripeGateway
 ) -> CheckoutResult:
@@ -355,6 +358,7 @@ async def _checkout(
         if exc.uncertain:
             gateway.expire_late_session(request)
         raise
-    await Order.filter(id=order.id).update(stripe_checkout_session_id=session.id)
+    # Fixed text: the ORM's UPDATE cost a tenth of a checkout's CPU to build.
+    await fetch(get_connection(), _SESSION_ID, session.id, order.id)
     order.stripe_checkout_session_id = session.id
     return CheckoutResult(order=order, client_secret=session.client_secret)
