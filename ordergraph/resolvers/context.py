@@ -24,8 +24,21 @@ class Context:
     services: PaymentServices
     identity: Identity | None = None
     auth_error: str | None = None
-    loaders: Loaders = field(default_factory=Loaders)
     connection_params: dict[str, Any] | None = None
+    # Made on first use: a WebSocket's context lives as long as the connection, and an idle
+    # subscriber needs none (subscriptions.follow sets each snapshot's, then lets it go).
+    _loaders: Loaders | None = field(default=None, init=False, repr=False)
+
+    @property
+    def loaders(self) -> Loaders:
+        if self._loaders is None:
+            self._loaders = Loaders()
+        return self._loaders
+
+    @loaders.setter
+    def loaders(self, loaders: Loaders | None) -> None:
+        """None: a fresh set on next use."""
+        self._loaders = loaders
 
 
 # What a resolver's `info` argument is, typed: `info.context` is a `Context`.

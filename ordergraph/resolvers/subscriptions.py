@@ -95,6 +95,30 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
             return asyncio.shield(answer)
         return answer
 
+    def build_per_event_executor(self, payload: Any) -> Any:
+        """Each event's executor memoizes its collected fields and plans for itself.
+
+        graphql-core's per-event executors are shallow copies that share these caches with the
+        subscription's executor, which lives as long as the subscription: an idle subscriber
+        would hold its first event's collected fields (about 5 KB for the success page's
+        selection). The memo is for the lists within one execution, and with shared answers
+        only one subscriber per snapshot executes the selection at all.
+        """
+        executor = super().build_per_event_executor(payload)
+        for name in _EVENT_MEMOS:
+            if name in vars(executor):
+                setattr(executor, name, type(getattr(executor, name))())
+        return executor
+
+
+# The executor's memos that a per-event executor would otherwise share with its subscription's.
+_EVENT_MEMOS = (
+    "_relevant_sub_fields",
+    "_stream_usages",
+    "_initial_execution_plans",
+    "_deferred_execution_plans",
+)
+
 
 class OrderReads:
     """One read of an order shared by every subscriber of it that is waiting for one.
@@ -193,7 +217,14 @@ async def follow(
                 mark = await _mark(snapshot, staff)
                 if newer(mark, last_sent):
                     last_sent = mark
-                    yield _message(context, snapshot)
+                    message = _message(context, snapshot)
+                    yield message
+                    # graphql-core holds the message until the next one: sent, it needs
+                    # neither the snapshot's answers nor the row.
+                    message.answers = message.row = None
+                # Not held while waiting: an idle subscriber keeps no order, rows or answers.
+                snapshot = None
+                context.loaders = None
                 hint = await _news(hints, last_sent)
                 if hint is None:
                     return  # dropped for reading too slowly: its socket is being closed
@@ -219,6 +250,8 @@ async def follow_shop(context: Context, websocket: WebSocket) -> AsyncIterator[O
                         order_id, await _mark(snapshot, staff=True)
                     ):
                         yield _message(context, snapshot)
+                snapshot = None
+                context.loaders = None
     finally:
         metrics.ACTIVE_SUBSCRIPTIONS.dec()
 

@@ -179,8 +179,9 @@ class Order:
     expires_at: datetime | None
     version: strawberry.Private[int]
     delivered_at: strawberry.Private[datetime | None]
-    # The row itself, for the rules that read it (may the shopper withdraw?).
-    row: strawberry.Private[models.Order]
+    # The row itself, for the rules that read it (may the shopper withdraw?); None once a
+    # subscription message is sent.
+    row: strawberry.Private[models.Order | None]
     # Whose order it is: the owner (and staff) may see its accessToken.
     owner_id: strawberry.Private[str | None] = None
     # Set on subscription messages: answers shared by everyone following this snapshot.
@@ -279,6 +280,7 @@ class Order:
         )
     )
     def withdrawal_deadline(self, info: Info) -> datetime | None:
+        assert self.row is not None  # cleared only once a subscription's message is sent
         return returns.withdrawal_deadline(self.row, info.context.settings)
 
     @strawberry.field(
@@ -289,6 +291,7 @@ class Order:
     )
     async def can_withdraw(self, info: Info) -> bool:
         items = await info.context.loaders.order_items.load(str(self.id))
+        assert self.row is not None
         return returns.can_withdraw(self.row, items, info.context.settings)
 
 

@@ -67,6 +67,8 @@ class GraphQLApp(GraphQL[Context, None]):
         one), or else in the handshake's `Authorization` header: a bad token refuses the
         connection; none leaves it anonymous."""
         params = context.connection_params or {}
+        # Read once, here: not kept (with the token) for the life of the connection.
+        context.connection_params = None
         header = params.get("authorization") or params.get("Authorization")
         if header is None:
             if context.auth_error is not None:  # the handshake's header was bad

@@ -93,6 +93,9 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
 
     async def handle_connection_init(self, message: Any) -> None:
         await super().handle_connection_init(message)
+        # Strawberry cancels its init timeout here but keeps the task, and with it the
+        # CancelledError, its traceback and frames, for the life of the connection.
+        self.connection_init_timeout_task = None
         if self.connection_acknowledged:
             self.clock.start(_token_expires_at(self.context))
 
