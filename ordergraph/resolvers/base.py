@@ -6,11 +6,11 @@ use a staff-only query) gets a GraphQL error whose `extensions.code` says so.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from graphql import GraphQLError
-from strawberry.extensions import SchemaExtension
+from strawberry.types import ExecutionContext
 
 from ordergraph.auth import Identity, ensure_user
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
@@ -70,13 +70,11 @@ def forbidden() -> list[UserError]:
     return [UserError(code=ErrorCode.FORBIDDEN, message="Staff only")]
 
 
-class RefuseBadToken(SchemaExtension):
+def refuse_bad_token(execution: ExecutionContext) -> None:
     """A request that carries a bad bearer token (malformed, forged, expired) is refused whole,
     public fields included: served as anonymous, a client would never learn that its token
-    went bad, and a shopper's app would show an empty cart instead of asking to sign in."""
-
-    def on_operation(self) -> Iterator[None]:
-        problem = getattr(self.execution_context.context, "auth_error", None)
-        if problem is not None:
-            raise graphql_error(ErrorCode.UNAUTHENTICATED, problem)
-        yield
+    went bad, and a shopper's app would show an empty cart instead of asking to sign in.
+    (Before each operation: `schema.OperationRules`.)"""
+    problem = getattr(execution.context, "auth_error", None)
+    if problem is not None:
+        raise graphql_error(ErrorCode.UNAUTHENTICATED, problem)

@@ -1,6 +1,6 @@
 """Two rules of the GraphQL spec and of this service that Strawberry leaves to us.
 
-`RequireOperationName`: a document with several operations names the one to run
+`require_operation_name`: a document with several operations names the one to run
 (GraphQL spec, GetOperation: "Must provide operation name if query contains multiple
 operations"). Strawberry, given no `operationName`, runs the first operation of the document.
 
@@ -14,10 +14,10 @@ variables; they are cut from every error, over HTTP and WebSocket alike.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 from graphql import DocumentNode, GraphQLError, OperationDefinitionNode, ValidationRule
-from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.extensions import MaskErrors
+from strawberry.types import ExecutionContext
 
 MULTIPLE_OPERATIONS = "Must provide operation name if query contains multiple operations."
 
@@ -35,16 +35,13 @@ class SingleOperationRule(ValidationRule):
             self.report_error(GraphQLError(MULTIPLE_OPERATIONS, operations))
 
 
-class RequireOperationName(SchemaExtension):
+def require_operation_name(execution: ExecutionContext) -> None:
     """Adds `SingleOperationRule` to the validation of a request that names no operation. A
     validation error, not an exception: it is answered the same way over HTTP and WebSocket.
-    (One fixed rule class, so that the validation cache still finds its entries.)"""
-
-    def on_operation(self) -> Iterator[None]:
-        execution = self.execution_context
-        if execution._provided_operation_name is None:
-            execution.validation_rules = (*execution.validation_rules, SingleOperationRule)
-        yield
+    (One fixed rule class, so that the validation cache still finds its entries. Before each
+    operation: `schema.OperationRules`.)"""
+    if execution._provided_operation_name is None:
+        execution.validation_rules = (*execution.validation_rules, SingleOperationRule)
 
 
 def suggests(error: GraphQLError) -> bool:
