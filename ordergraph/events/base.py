@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ordergraph.db import after_commit
+from ordergraph.light_queue import LightQueue
 
 log = logging.getLogger(__name__)
 
@@ -92,51 +93,6 @@ def _newest(held: Hint, hint: Hint) -> Hint:
     return Hint(event, max(held.received, hint.received))
 
 
-class HintQueue:
-    """A bounded FIFO of hints for one consumer: what `Subscriber` needs of `asyncio.Queue`
-    (`put_nowait`, `get`, `empty`), for a fraction of its memory.
-
-    An idle subscription holds its queue for as long as it lives. An `asyncio.Queue` is three
-    deques and an `asyncio.Event` (a fourth), about 3.3 KB even when empty; this is a list made
-    on the first hint and a future only while the consumer waits.
-    """
-
-    __slots__ = ("_hints", "_waiter", "maxsize")
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._hints: list[Hint] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def qsize(self) -> int:
-        return len(self._hints) if self._hints else 0
-
-    def empty(self) -> bool:
-        return not self._hints
-
-    def put_nowait(self, hint: Hint) -> None:
-        if self._hints is None:
-            self._hints = []
-        elif len(self._hints) >= self.maxsize:
-            raise asyncio.QueueFull
-        self._hints.append(hint)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def get(self) -> Hint:
-        while not self._hints:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        hint = self._hints.pop(0)
-        if not self._hints:
-            self._hints = None
-        return hint
-
-
 class Subscriber:
     """One subscriber's hints for one order, in a bounded queue; note events only if `notes`.
 
@@ -155,7 +111,8 @@ class Subscriber:
     ) -> None:
         self.order_id = order_id
         self.notes = notes
-        self.queue = HintQueue(SUBSCRIBER_QUEUE_SIZE)
+        # Not an asyncio.Queue: an idle subscriber keeps this for as long as it lives.
+        self.queue: LightQueue[Hint] = LightQueue(SUBSCRIBER_QUEUE_SIZE)
         self.overflowed = False
         self.on_overflow = on_overflow
 
