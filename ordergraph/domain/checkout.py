@@ -78,45 +78,70 @@ def _limit(message: str) -> BusinessError:
     return BusinessError.of(ErrorCode.LIMIT_EXCEEDED, message, field=("cart",))
 
 
-# The shopper's units waiting for payment.
+# The shopper's units waiting for payment, and their orders placed since a moment.
 _UNPAID_UNITS = (
     "SELECT COALESCE(SUM(i.quantity), 0) FROM order_items i "
     "JOIN orders o ON o.id = i.order_id WHERE o.user_id = ? AND o.status = ?"
 )
+_RECENT = "SELECT count(*) FROM orders WHERE user_id = ? AND created_at >= ?"
 
 
-async def _check_limits(
-    connection: BaseDBAsyncClient, user_id: str, quantities: dict[str, int], settings: Settings
-) -> Offer | None:
+@dataclass(frozen=True, slots=True)
+class _UnderLock:
+    """What a checkout reads once it holds the shopper's lock (`take_cart`), so that no
+    concurrent checkout of theirs can change it before the commit: an order enters
+    PENDING_PAYMENT, or is placed, only here, under that lock."""
+
+    recent: int  # orders placed in the last minute (0 when the rate is not limited)
+    unpaid_units: int  # units of their PENDING_PAYMENT orders
+    offer: Offer | None  # the shop's offer, read with them on PostgreSQL
+
+
+async def _read_under_lock(
+    connection: BaseDBAsyncClient, user_id: str, settings: Settings
+) -> _UnderLock:
+    """On PostgreSQL one statement (the offer's, carrying the shopper's counts), a statement
+    of its own after the lock so that its snapshot is taken after the wait."""
+    unpaid = (user_id, OrderStatus.PENDING_PAYMENT.value)
+    limited = settings.checkout_rate_per_minute > 0
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    if not is_postgres(connection):
+        rows = await fetch(connection, f"SELECT ({_UNPAID_UNITS}) AS units", *unpaid)
+        recent = (
+            await Order.filter(user_id=user_id, created_at__gte=since).count() if limited else 0
+        )
+        return _UnderLock(recent, int(rows[0]["units"]), None)
+    counts = f", ({_UNPAID_UNITS}) AS units" + (f", ({_RECENT}) AS recent" if limited else "")
+    params = (*unpaid, *((user_id, since) if limited else ()))
+    rows = await fetch(connection, offer_query(counts), *params)
+    return _UnderLock(int(rows[0].get("recent") or 0), int(rows[0]["units"]), offer_from(rows))
+
+
+def _check_rate(state: _UnderLock, settings: Settings) -> None:
+    """A few checkouts a minute per shopper, so that a script cannot hold the whole stock in
+    unpaid orders; 0 disables."""
+    limit = settings.checkout_rate_per_minute
+    if 0 < limit <= state.recent:
+        raise BusinessError.of(
+            ErrorCode.RATE_LIMITED, f"At most {limit} checkouts a minute; try again shortly"
+        )
+
+
+def _check_limits(state: _UnderLock, quantities: dict[str, int], settings: Settings) -> None:
     """The cart's limits once more (a cart filled before they existed, or lines an undone
     checkout put back), then the shopper's unpaid units: those of their PENDING_PAYMENT orders
-    plus this cart's may be at most MAX_UNPAID_UNITS_PER_SHOPPER.
-
-    The sum is read under the shopper's lock (`take_cart`, place_order's first statement):
-    an order enters PENDING_PAYMENT only here, under that lock, and every other change takes
-    orders out of it, so no concurrent checkout can add units between this sum and the commit.
-    On PostgreSQL the same statement reads the shop's offer (returned; None on SQLite).
-    """
+    plus this cart's may be at most MAX_UNPAID_UNITS_PER_SHOPPER."""
     if len(quantities) > settings.cart_max_lines:
         raise _limit(f"At most {settings.cart_max_lines} different products in a cart")
     if max(quantities.values()) > settings.max_units_per_line:
         raise _limit(f"At most {settings.max_units_per_line} units of one product in a cart")
-    offer = None
-    unpaid = OrderStatus.PENDING_PAYMENT.value
-    if is_postgres(connection):
-        query = offer_query(f", ({_UNPAID_UNITS}) AS units")
-        rows = await fetch(connection, query, user_id, unpaid)
-        offer = offer_from(rows)
-    else:
-        rows = await fetch(connection, f"SELECT ({_UNPAID_UNITS}) AS units", user_id, unpaid)
-    held, units = int(rows[0]["units"]), sum(quantities.values())
+    held, units = state.unpaid_units, sum(quantities.values())
     limit = settings.max_unpaid_units_per_shopper
     if held + units > limit:
         raise _limit(
             f"At most {limit} units may wait for payment at once: {held} already do and this "
             f"cart has {units}; pay or cancel an order first"
         )
-    return offer
 
 
 async def place_order(
@@ -130,7 +155,8 @@ async def place_order(
     """
     async with transaction() as connection:
         cart = await take_cart(connection, user_id)
-        await check_rate(user_id, settings)
+        state = await _read_under_lock(connection, user_id, settings)
+        _check_rate(state, settings)
         if not cart:
             raise BusinessError.of(ErrorCode.CART_EMPTY, "Your cart is empty")
         quantities = {str(row["product_id"]): row["quantity"] for row in cart}
@@ -142,7 +168,7 @@ async def place_order(
                     for p in bad
                 )
             )
-        offer_now = await _check_limits(connection, user_id, quantities, settings)
+        _check_limits(state, quantities, settings)
         products = await reserve_stock(quantities.items())
         total = sum(products[pid].price * qty for pid, qty in quantities.items())
         if total > MAX_AMOUNT:
@@ -151,7 +177,7 @@ async def place_order(
                 "paid in one order"
             )
         now = datetime.now(UTC)
-        offer = await checkout_offer(total, settings, offer_now)
+        offer = await checkout_offer(total, settings, state.offer)
         tax_codes: dict[str, str | None] = {}
         if offer["automatic_tax"]:
             rows = await Product.filter(id__in=list(quantities)).values_list("id", "tax_code")
@@ -304,20 +330,6 @@ def session_request(
         allow_promotion_codes=bool(offer.get("allow_promotion_codes")),
         automatic_tax=automatic_tax,
     )
-
-
-async def check_rate(user_id: str, settings: Settings) -> None:
-    """A few checkouts a minute per shopper, so that a script cannot hold the whole stock in
-    unpaid orders. Counted from the orders table under the shopper's lock (`place_order`),
-    so it holds across processes and concurrent requests; 0 disables."""
-    limit = settings.checkout_rate_per_minute
-    if limit <= 0:
-        return
-    since = datetime.now(UTC) - timedelta(minutes=1)
-    if await Order.filter(user_id=user_id, created_at__gte=since).count() >= limit:
-        raise BusinessError.of(
-            ErrorCode.RATE_LIMITED, f"At most {limit} checkouts a minute; try again shortly"
-        )
 
 
 async def checkout(
