@@ -1,7 +1,8 @@
 """The mail sender: how fast one `MailSender` sends what the outbox holds, and its CPU per mail.
 
     .venv/bin/python -m bench.mail [--mails K] [--rate R] [--seconds S] [--accept-ms A]
-                                   [--sender-from FILE] [--loop L] [--profile] [--output FILE]
+                                   [--sender-from FILE] [--loop L] [--senders N] [--profile]
+                                   [--output FILE]
 
 One PostgreSQL database made for the run (`bench.common.BenchDatabase`, migrated by ordergraph,
 dropped afterwards), an SMTP server (aiosmtpd) in a process of its own that accepts every mail
@@ -9,7 +10,8 @@ dropped afterwards), an SMTP server (aiosmtpd) in a process of its own that acce
 counts them, and one `MailSender` in a process of its own (`--sender`: Tortoise on the
 database, the sender's defaults but for a poll of 50 ms, which stands in for the wake-up a
 commit gives the sender of its own process), on uvloop as in a server's worker, where uvicorn
-runs it (`--loop asyncio`: on asyncio's own loop). Two parts, each with a fresh sender process:
+runs it (`--loop asyncio`: on asyncio's own loop), or `--senders N` of them as MAIL_SENDERS
+starts in a server. Two parts, each with a fresh sender process:
 
 1. **Backlog.** K receipts (default 2,000; a receipt's size: a table of lines, an address and
    the order link with its token) are committed before the sender starts; the run times it
@@ -158,7 +160,9 @@ async def all_sent(conn: asyncpg.Connection, timeout: float = 900) -> None:
 # ------------------------------------------------------------------------ the sender process
 
 
-async def sender_process(database_url: str, smtp_port: int, sender_from: str) -> None:
+async def sender_process(
+    database_url: str, smtp_port: int, sender_from: str, count: int = 1
+) -> None:
     """`--sender`: one MailSender (ordergraph's, or the one in the file `sender_from`); starts
     on `go`, answers `cpu` with its CPU seconds so far, stops on `stop` (lines on stdin)."""
     from tortoise import Tortoise
@@ -181,26 +185,26 @@ async def sender_process(database_url: str, smtp_port: int, sender_from: str) ->
         smtp_port=smtp_port,
         mail_from="orders@bench.test",
     )
-    sender = module.MailSender(settings, poll_seconds=POLL_SECONDS)
+    senders = [module.MailSender(settings, poll_seconds=POLL_SECONDS) for _ in range(count)]
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     print("ready", flush=True)
-    task: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     started = os.times()
     while line := (await reader.readline()).decode().strip():
         if line == "go":
             started = os.times()
-            task = asyncio.create_task(sender.run())
+            tasks = [asyncio.create_task(sender.run()) for sender in senders]
         elif line == "cpu":
             now = os.times()
             user, system = now.user - started.user, now.system - started.system
             print(json.dumps({"user": user, "system": system}), flush=True)
         elif line == "stop":
             break
-    sender.stop()
-    if task is not None:
-        await task
+    for sender in senders:
+        sender.stop()
+    await asyncio.gather(*tasks)
     await Tortoise.close_connections()
 
 
@@ -209,12 +213,13 @@ class Setup:
     sender_from: str  # a file with the MailSender to measure instead of ordergraph's, or ""
     accept_ms: float  # the SMTP server's delay before it accepts a mail
     loop: str  # the sender's event loop: "uvloop", as in a server's worker, or "asyncio"
+    senders: int  # MailSenders in the process, as MAIL_SENDERS
 
 
 class SenderProcess:
     def __init__(self, database_url: str, smtp_port: int, setup: Setup) -> None:
         self.args = ["-m", "bench.mail", "--sender", database_url, str(smtp_port)]
-        self.args += [setup.sender_from, setup.loop]
+        self.args += [setup.sender_from, setup.loop, str(setup.senders)]
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -439,11 +444,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             if not profiling.available():
                 raise SystemExit("py-spy is not installed: .venv/bin/pip install -e '.[bench]'")
             profile = Path(tempfile.mkdtemp(prefix="ordergraph-mail-")) / "sender.txt"
-        setup = Setup(str(args.sender_from or ""), args.accept_ms, args.loop)
+        setup = Setup(str(args.sender_from or ""), args.accept_ms, args.loop, args.senders)
         results: dict[str, Any] = {
             "sender": str(args.sender_from or "ordergraph/mail/sender.py"),
             "smtp_accept_ms": args.accept_ms,
             "loop": args.loop,
+            "senders": args.senders,
             "load_average": os.getloadavg()[0],
             "backlog": await backlog(database.url, setup, args.mails, profile),
             "stream": await stream(database.url, setup, args.rate, args.seconds),
@@ -489,13 +495,14 @@ if __name__ == "__main__":
     parser.add_argument(
         "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the sender's event loop"
     )
-    parser.add_argument("--sender", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--senders", type=int, default=1, help="MailSenders (as MAIL_SENDERS)")
+    parser.add_argument("--sender", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sender:
-        url, port, sender_from, loop = args.sender
+        url, port, sender_from, loop, count = args.sender
         factory = uvloop.new_event_loop if loop == "uvloop" else None
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(sender_process(url, int(port), sender_from))
+            runner.run(sender_process(url, int(port), sender_from, int(count)))
         sys.exit(0)
     results = asyncio.run(main(args))
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -87,11 +87,11 @@ def create_app(settings: Settings) -> Starlette:
             gateway = StripeGateway(settings)
             app.state.services = PaymentServices(settings, gateway)
             messages.configure(settings)
-            sender = MailSender(settings)
+            senders = [MailSender(settings) for _ in range(settings.mail_senders)]
             sweeper = Sweeper(app.state.services)
             webhook_sender = WebhookSender(settings)
             background = [
-                asyncio.create_task(sender.run(), name="ordergraph-mail-sender"),
+                *(asyncio.create_task(s.run(), name="ordergraph-mail-sender") for s in senders),
                 asyncio.create_task(sweeper.run(), name="ordergraph-sweeper"),
                 asyncio.create_task(webhook_sender.run(), name="ordergraph-webhook-sender"),
             ]
@@ -99,7 +99,8 @@ def create_app(settings: Settings) -> Starlette:
                 yield
             finally:
                 try:
-                    sender.stop()
+                    for sender in senders:
+                        sender.stop()
                     sweeper.stop()
                     webhook_sender.stop()
                     await asyncio.gather(*background)

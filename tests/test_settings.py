@@ -52,6 +52,7 @@ def test_allowed_origins_default_to_the_frontend_origin() -> None:
         ({"JWT_SECRET": "s", "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"JWT_SECRET": "s", "SUCCESS_PAGE": "perhaps"}, "SUCCESS_PAGE"),
         ({"JWT_SECRET": "s", "AUTOMATIC_TAX": "sometimes"}, "AUTOMATIC_TAX"),
+        ({"JWT_SECRET": "s", "MAIL_SENDERS": "0"}, "MAIL_SENDERS"),
         (
             {"JWT_SECRET": "s", "PROMETHEUS_MULTIPROC_DIR": "/nonexistent/metrics"},
             "PROMETHEUS_MULTIPROC_DIR",
