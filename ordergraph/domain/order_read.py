@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from ordergraph.db import get_connection, is_postgres
 from ordergraph.db.sql import fetch, select
@@ -55,19 +56,17 @@ async def read_order(order_id: uuid.UUID | str, *, owner: str | None = None) -> 
         order = await find_order(order_id, owner=owner)
         if order is None:
             return None
-        lines = await select(connection, OrderItem, "order_id = ?", order.id, order_by="id")
         history = await select(
             connection, OrderStatusChange, "order_id = ?", order.id, order_by="id"
         )
-        return OrderRead(order, lines, history)
+        return OrderRead(order, await _lines(order), history)
     where, values = _where(order_id, owner)
     rows = await fetch(connection, _WITH_LINES_AND_HISTORY.format(where=where), *values)
     if not rows:
         return None
-    row = rows[0]
-    lines = [OrderItem._init_from_db(**line) for line in row.pop("og_lines")]
-    history = [OrderStatusChange._init_from_db(**change) for change in row.pop("og_history")]
-    return OrderRead(Order._init_from_db(**row), lines, history)
+    order, lines = _with_lines(rows[0])
+    history = [OrderStatusChange._init_from_db(**change) for change in rows[0]["og_history"]]
+    return OrderRead(order, lines, history)
 
 
 async def lock_with_lines(order_id: uuid.UUID | str) -> tuple[Order, list[OrderItem]] | None:
@@ -75,12 +74,17 @@ async def lock_with_lines(order_id: uuid.UUID | str) -> tuple[Order, list[OrderI
     connection = get_connection()
     if not is_postgres(connection):  # one transaction at a time: it is the lock
         order = await find_order(order_id)
-        if order is None:
-            return None
-        return order, await select(connection, OrderItem, "order_id = ?", order.id, order_by="id")
+        return None if order is None else (order, await _lines(order))
     rows = await fetch(connection, _LOCKED_WITH_LINES, order_id)
-    if not rows:
-        return None
-    row = rows[0]
-    lines = [OrderItem._init_from_db(**line) for line in row.pop("og_lines")]
+    return _with_lines(rows[0]) if rows else None
+
+
+async def _lines(order: Order) -> list[OrderItem]:
+    return await select(get_connection(), OrderItem, "order_id = ?", order.id, order_by="id")
+
+
+def _with_lines(row: dict[str, Any]) -> tuple[Order, list[OrderItem]]:
+    """The order and its lines from a row of `_LINES`' statements (its arrays are not the
+    order's columns: Tortoise takes only those)."""
+    lines = [OrderItem._init_from_db(**line) for line in row["og_lines"]]
     return Order._init_from_db(**row), lines
