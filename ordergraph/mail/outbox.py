@@ -27,10 +27,12 @@ class Composed:
 # PostgreSQL's INSERT, as fixed text: building the ORM's INSERT ... ON CONFLICT cost more CPU
 # than sending it.
 _COLUMNS = ("dedupe_key", "order_id", "recipient", "subject", "text_body", "html_body")
+_NEW = ("status", "attempts", "next_attempt_at", "created_at")  # a new mail's: _NEW_VALUES
+_NEW_VALUES = "'pending', 0, now(), now()"
 _ONCE = "ON CONFLICT (dedupe_key) DO NOTHING"
 _ENQUEUE = f"""
-INSERT INTO outbox_emails ({", ".join(_COLUMNS)}, status, attempts, next_attempt_at, created_at)
-VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, now(), now())
+INSERT INTO outbox_emails ({", ".join(_COLUMNS + _NEW)})
+VALUES ({", ".join("?" * len(_COLUMNS))}, {_NEW_VALUES})
 {_ONCE}
 """
 
@@ -68,9 +70,9 @@ def email_rider(*, dedupe_key: str, recipient: str, composed: Composed, order: O
     after_commit(wake_sender)
     return Rider(
         table="outbox_emails",
-        columns=(*_COLUMNS, "status", "attempts", "next_attempt_at", "created_at"),
+        columns=_COLUMNS + _NEW,
         values=(dedupe_key, order.id, recipient, composed.subject, composed.text, composed.html),
-        constants="'pending', 0, now(), now()",
+        constants=_NEW_VALUES,
         suffix=_ONCE,
         alone=lambda: enqueue_email(
             dedupe_key=dedupe_key, recipient=recipient, composed=composed, order=order
