@@ -38,8 +38,9 @@ async def test_a_rider_is_written_with_the_change_once_per_key(app: Harness) -> 
 
     rows = await OutboxEmail.filter(order_id=order_id, dedupe_key__startswith="rider:")
     assert sorted(row.dedupe_key for row in rows) == ["rider:a", "rider:b"]
-    assert {(row.recipient, row.subject, row.status) for row in rows} == {
-        ("alice@example.com", "Subject", "pending")
+    # Written as enqueue_email writes a mail (the service's own sender may have taken it since).
+    assert {(row.recipient, row.subject, row.attempts <= 1) for row in rows} == {
+        ("alice@example.com", "Subject", True)
     }
     assert (await Order.get(id=order_id)).status == OrderStatus.CANCELLED
 
