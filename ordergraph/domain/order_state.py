@@ -302,6 +302,14 @@ def _apply(order: Order, values: dict[str, Any]) -> None:
         setattr(order, name, value)
 
 
+def as_changed(order: Order, fields: dict[str, Any]) -> Order:
+    """A copy of `order` with `fields` as a change will write them (what a mail written with
+    the change shows); `order` itself is untouched until the change is written."""
+    changed = order.clone(pk=order.id)
+    _apply(changed, fields)
+    return changed
+
+
 async def note_change(
     order: Order, *, reason: str, actor: str, webhook_event: str | None = None
 ) -> Order:

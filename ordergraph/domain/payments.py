@@ -19,7 +19,12 @@ from ordergraph.domain.discrepancies import Discrepancy, already_recorded, recor
 from ordergraph.domain.errors import BusinessError, ErrorCode, order_not_found
 from ordergraph.domain.ids import parse_uuid
 from ordergraph.domain.money import amount_problem, money_fields
-from ordergraph.domain.order_state import can_transition, change_order, lock_order_and_lines
+from ordergraph.domain.order_state import (
+    as_changed,
+    can_transition,
+    change_order,
+    lock_order_and_lines,
+)
 from ordergraph.mail import messages as emails
 from ordergraph.models import (
     Order,
@@ -270,9 +275,7 @@ async def _confirm(
     # fail that way, and saves the savepoint's two round trips.
     late = order.status != OrderStatus.PENDING_PAYMENT
     fields = {**_payment_fields(session, order), "paid_at": datetime.now(UTC), "is_locked": True}
-    paid = order.clone(pk=order.id)  # the order as the change leaves it, for its receipt
-    for name, value in fields.items():
-        setattr(paid, name, value)
+    paid = as_changed(order, fields)  # for its receipt
     receipt = emails.compose_receipt(paid, lines)
     riders = [
         _tracker(order, session, "paid"),
