@@ -13,9 +13,9 @@ from strawberry.extensions import (
     ParserCache,
     QueryDepthLimiter,
     SchemaExtension,
-    ValidationCache,
 )
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.schema.schema import validate_document
 from strawberry.types import ExecutionContext
 
 from ordergraph.resolvers import (
@@ -25,6 +25,7 @@ from ordergraph.resolvers import (
     guests,
     orders,
     payments,
+    query_plans,
     returns,
     shop,
     subscriptions,
@@ -286,12 +287,46 @@ class OperationRules(SchemaExtension):
         yield
 
 
+# Validation errors by (schema, query text, rules), for as many texts as the parser cache keeps.
+_VALIDATED: dict[tuple[object, str, tuple[object, ...]], list[GraphQLError]] = {}
+_MAX_VALIDATED = 512
+
+
+class ValidationByText(SchemaExtension):
+    """Strawberry's ValidationCache, keyed by the query's text instead of its parsed document.
+
+    graphql-core's AST nodes are frozen dataclasses that hash by walking the whole tree, so
+    each lookup by document cost ~170 hashes for the success page's query. The parser cache
+    makes one document per text, which validates as any other parse of the text would."""
+
+    def on_validate(self) -> Iterator[None]:
+        execution = self.execution_context
+        schema, document = execution.schema._schema, execution.graphql_document
+        assert document is not None
+        if execution.query is None:
+            execution.pre_execution_errors = validate_document(
+                schema, document, execution.validation_rules
+            )
+            yield
+            return
+        key = (schema, execution.query, execution.validation_rules)
+        errors = _VALIDATED.get(key)
+        if errors is None:
+            if len(_VALIDATED) >= _MAX_VALIDATED:
+                _VALIDATED.clear()
+            errors = _VALIDATED[key] = validate_document(
+                schema, document, execution.validation_rules
+            )
+        execution.pre_execution_errors = errors
+        yield
+
+
 def build_schema(*, debug: bool = False) -> strawberry.Schema:
     extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
         lambda: MaskErrors(should_mask_error=_is_unexpected, error_message="Internal error"),
         lambda: OperationRules(introspection=debug),
         lambda: ParserCache(maxsize=512),
-        lambda: ValidationCache(maxsize=512),
+        ValidationByText,
         subscriptions.WebSocketOnly,
     ]
     if not debug:
@@ -302,7 +337,7 @@ def build_schema(*, debug: bool = False) -> strawberry.Schema:
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
-        execution_context_class=subscriptions.SharedEventExecutor,
+        execution_context_class=query_plans.PlannedExecutor,
     )
 
 
