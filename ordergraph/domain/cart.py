@@ -61,22 +61,24 @@ async def lock_shopper(connection: BaseDBAsyncClient, user_id: str) -> None:
         )
 
 
-# The shopper's lock and their cart in one round trip: the CTE's lock is taken first (the
-# WHERE's one-time filter runs before the scan), then the cart is deleted. A cart row that a
-# concurrent cart change committed while this waited for the lock stays in the cart.
-_LOCK_AND_TAKE_CART = """
-WITH shopper AS MATERIALIZED (SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE)
-DELETE FROM cart_items WHERE user_id = $1 AND (SELECT count(*) FROM shopper) >= 0
-RETURNING product_id, quantity
-"""
+# PostgreSQL: the shopper's lock and their cart, as CTEs of a caller's statement (checkout's,
+# which reads the shop's offer with them). `shopper`'s lock is taken first (the DELETE's
+# one-time filter runs before its scan), then `taken` deletes the cart and holds its rows. A
+# cart row that a concurrent cart change committed while this waited for the lock stays in
+# the cart. The statement's snapshot is taken before that wait: what it reads besides the cart
+# may miss what the lock's previous holder committed.
+TAKE_CART = """shopper AS MATERIALIZED (SELECT id FROM users WHERE id = ? FOR NO KEY UPDATE),
+taken AS (
+    DELETE FROM cart_items WHERE user_id = ? AND (SELECT count(*) FROM shopper) >= 0
+    RETURNING product_id, quantity
+)"""
 
 
 async def take_cart(connection: BaseDBAsyncClient, user_id: str) -> list[dict[str, Any]]:
     """Lock the shopper (see `lock_shopper`) and claim their cart by deleting it: a second,
     concurrent checkout of the same cart waits for the lock, then finds none. The caller's
-    rollback puts the cart back."""
-    if is_postgres(connection):
-        return await connection.execute_query_dict(_LOCK_AND_TAKE_CART, [user_id])
+    rollback puts the cart back. (On PostgreSQL checkout does this in its own statement, with
+    `TAKE_CART`.)"""
     await lock_shopper(connection, user_id)
     return await fetch(
         connection,

@@ -20,7 +20,7 @@ from tortoise.expressions import F
 from ordergraph import events, logs, metrics
 from ordergraph.db import get_connection, is_postgres, transaction
 from ordergraph.db.sql import fetch
-from ordergraph.domain.cart import take_cart
+from ordergraph.domain.cart import TAKE_CART, take_cart
 from ordergraph.domain.catalog import MAX_AMOUNT
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
 from ordergraph.domain.inventory import reserve_stock
@@ -87,55 +87,80 @@ _RECENT = "SELECT count(*) FROM orders WHERE user_id = ? AND created_at >= ?"
 
 
 @dataclass(frozen=True, slots=True)
-class _UnderLock:
-    """What a checkout reads once it holds the shopper's lock (`take_cart`), so that no
-    concurrent checkout of theirs can change it before the commit: an order enters
-    PENDING_PAYMENT, or is placed, only here, under that lock."""
+class _Counts:
+    """The shopper's counts that limit a checkout: an order enters PENDING_PAYMENT, or is
+    placed, only by a checkout holding the shopper's lock (`take_cart`), so counts read after
+    that lock is taken stay true until the commit."""
 
     recent: int  # orders placed in the last minute (0 when the rate is not limited)
-    unpaid_units: int  # units of their PENDING_PAYMENT orders
-    offer: Offer | None  # the shop's offer, read with them on PostgreSQL
+    unpaid_units: int | None  # units of their PENDING_PAYMENT orders; None: not read yet
 
 
-async def _read_under_lock(
+def _counts_sql(user_id: str, settings: Settings, *, unpaid: bool) -> tuple[str, list[Any]]:
+    """Columns (", (...) AS units, (...) AS recent") for a caller's statement, and their values."""
+    columns, values = "", list[Any]()
+    if unpaid:
+        columns += f", ({_UNPAID_UNITS}) AS units"
+        values += [user_id, OrderStatus.PENDING_PAYMENT.value]
+    if settings.checkout_rate_per_minute > 0:
+        columns += f", ({_RECENT}) AS recent"
+        values += [user_id, datetime.now(UTC) - timedelta(minutes=1)]
+    return columns, values
+
+
+def _counts_from(row: dict[str, Any]) -> _Counts:
+    units = row.get("units")
+    return _Counts(int(row.get("recent") or 0), None if units is None else int(units))
+
+
+async def _take_cart(
     connection: BaseDBAsyncClient, user_id: str, settings: Settings
-) -> _UnderLock:
-    """On PostgreSQL one statement (the offer's, carrying the shopper's counts), a statement
-    of its own after the lock so that its snapshot is taken after the wait."""
-    unpaid = (user_id, OrderStatus.PENDING_PAYMENT.value)
-    limited = settings.checkout_rate_per_minute > 0
-    since = datetime.now(UTC) - timedelta(minutes=1)
+) -> tuple[list[tuple[Any, int]], _Counts, Offer | None]:
+    """The shopper's lock, their cart, what limits them and, on PostgreSQL, the shop's offer.
+
+    SQLite reads the counts after the lock. PostgreSQL reads the lock, the cart, the offer and
+    the recent orders in one statement whose snapshot is taken before the lock's wait: its count
+    of recent orders can only be short of the truth (orders are never unplaced), so a refusal
+    on it stands; the exact counts come with the order's own statement (`_record_order`)."""
     if not is_postgres(connection):
+        cart = [(r["product_id"], r["quantity"]) for r in await take_cart(connection, user_id)]
+        unpaid = (user_id, OrderStatus.PENDING_PAYMENT.value)
         rows = await fetch(connection, f"SELECT ({_UNPAID_UNITS}) AS units", *unpaid)
-        recent = (
-            await Order.filter(user_id=user_id, created_at__gte=since).count() if limited else 0
-        )
-        return _UnderLock(recent, int(rows[0]["units"]), None)
-    counts = f", ({_UNPAID_UNITS}) AS units" + (f", ({_RECENT}) AS recent" if limited else "")
-    params = (*unpaid, *((user_id, since) if limited else ()))
-    rows = await fetch(connection, offer_query(counts), *params)
-    return _UnderLock(int(rows[0].get("recent") or 0), int(rows[0]["units"]), offer_from(rows))
+        recent = 0
+        if settings.checkout_rate_per_minute > 0:
+            since = datetime.now(UTC) - timedelta(minutes=1)
+            recent = await Order.filter(user_id=user_id, created_at__gte=since).count()
+        return cart, _Counts(recent, int(rows[0]["units"])), None
+    columns, values = _counts_sql(user_id, settings, unpaid=False)
+    columns += ", ARRAY(SELECT ROW(t.product_id, t.quantity) FROM taken t) AS og_cart"
+    query = f"WITH {TAKE_CART} {offer_query(columns)}"
+    rows = await fetch(connection, query, user_id, user_id, *values)
+    return list(rows[0]["og_cart"]), _counts_from(rows[0]), offer_from(rows)
 
 
-def _check_rate(state: _UnderLock, settings: Settings) -> None:
+def _check_rate(counts: _Counts, settings: Settings) -> None:
     """A few checkouts a minute per shopper, so that a script cannot hold the whole stock in
     unpaid orders; 0 disables."""
     limit = settings.checkout_rate_per_minute
-    if 0 < limit <= state.recent:
+    if 0 < limit <= counts.recent:
         raise BusinessError.of(
             ErrorCode.RATE_LIMITED, f"At most {limit} checkouts a minute; try again shortly"
         )
 
 
-def _check_limits(state: _UnderLock, quantities: dict[str, int], settings: Settings) -> None:
+def _check_cart(quantities: dict[str, int], settings: Settings) -> None:
     """The cart's limits once more (a cart filled before they existed, or lines an undone
-    checkout put back), then the shopper's unpaid units: those of their PENDING_PAYMENT orders
-    plus this cart's may be at most MAX_UNPAID_UNITS_PER_SHOPPER."""
+    checkout put back)."""
     if len(quantities) > settings.cart_max_lines:
         raise _limit(f"At most {settings.cart_max_lines} different products in a cart")
     if max(quantities.values()) > settings.max_units_per_line:
         raise _limit(f"At most {settings.max_units_per_line} units of one product in a cart")
-    held, units = state.unpaid_units, sum(quantities.values())
+
+
+def _check_unpaid(counts: _Counts, quantities: dict[str, int], settings: Settings) -> None:
+    """The units of the shopper's PENDING_PAYMENT orders plus this cart's may be at most
+    MAX_UNPAID_UNITS_PER_SHOPPER."""
+    held, units = counts.unpaid_units or 0, sum(quantities.values())
     limit = settings.max_unpaid_units_per_shopper
     if held + units > limit:
         raise _limit(
@@ -151,15 +176,15 @@ async def place_order(
 
     The shopper's lock comes first (`take_cart`): their checkouts and cart changes
     run one at a time, so the unpaid-units limit holds however many arrive together. A
-    refusal raises inside the transaction, whose rollback puts the cart back untouched.
+    refusal raises inside the transaction, whose rollback puts the cart back untouched, and
+    the stock and the order too when the exact counts come with the order (PostgreSQL).
     """
     async with transaction() as connection:
-        cart = await take_cart(connection, user_id)
-        state = await _read_under_lock(connection, user_id, settings)
-        _check_rate(state, settings)
+        cart, counts, shop_offer = await _take_cart(connection, user_id, settings)
+        _check_rate(counts, settings)
         if not cart:
             raise BusinessError.of(ErrorCode.CART_EMPTY, "Your cart is empty")
-        quantities = {str(row["product_id"]): row["quantity"] for row in cart}
+        quantities = {str(product_id): quantity for product_id, quantity in cart}
         bad = [pid for pid, qty in quantities.items() if qty < 1]
         if bad:
             raise BusinessError(
@@ -168,7 +193,9 @@ async def place_order(
                     for p in bad
                 )
             )
-        _check_limits(state, quantities, settings)
+        _check_cart(quantities, settings)
+        if counts.unpaid_units is not None:
+            _check_unpaid(counts, quantities, settings)
         products = await reserve_stock(quantities.items())
         total = sum(products[pid].price * qty for pid, qty in quantities.items())
         if total > MAX_AMOUNT:
@@ -177,7 +204,7 @@ async def place_order(
                 "paid in one order"
             )
         now = datetime.now(UTC)
-        offer = await checkout_offer(total, settings, state.offer)
+        offer = await checkout_offer(total, settings, shop_offer)
         tax_codes: dict[str, str | None] = {}
         if offer["automatic_tax"]:
             rows = await Product.filter(id__in=list(quantities)).values_list("id", "tax_code")
@@ -204,7 +231,19 @@ async def place_order(
             )
             for pid, qty in quantities.items()
         ]
-        await _record_order(connection, order, items, actor=f"user:{user_id}")
+        # On PostgreSQL the exact counts come with the order's own statement (one round trip
+        # fewer); a refusal then rolls the order back with the rest.
+        pending = counts.unpaid_units is None
+        exact = await _record_order(
+            connection,
+            order,
+            items,
+            actor=f"user:{user_id}",
+            counts=_counts_sql(user_id, settings, unpaid=True) if pending else None,
+        )
+        if exact is not None:
+            _check_rate(exact, settings)
+            _check_unpaid(exact, quantities, settings)
     return order, items
 
 
@@ -219,16 +258,22 @@ WITH placed AS (
     SELECT ?, * FROM unnest(?::uuid[], ?::text[], ?::bigint[], ?::int[], ?::text[])
 ){event}
 INSERT INTO order_status_changes (order_id, status, payment_status, reason, actor, at)
-VALUES (?, ?, ?, 'checkout', ?, now()){announce}
+VALUES (?, ?, ?, 'checkout', ?, now()) RETURNING {returning}
 """
 
 
 async def _record_order(
-    connection: BaseDBAsyncClient, order: Order, items: list[OrderItem], *, actor: str
-) -> None:
+    connection: BaseDBAsyncClient,
+    order: Order,
+    items: list[OrderItem],
+    *,
+    actor: str,
+    counts: tuple[str, list[Any]] | None = None,
+) -> _Counts | None:
     """Write the new `order`, its lines, the first row of its history, the `order.created`
     event and the announcement of a new order, for staff following the whole shop
-    (orderChanges)."""
+    (orderChanges). On PostgreSQL the statement also reads `counts` (`_counts_sql`'s columns)
+    as of its start, which does not see this order."""
     hint = events.OrderEvent(str(order.id), order.version)
     lines = [line_payload(i.product_id, i.product_name, i.unit_price, i.quantity, 0) for i in items]
     if not is_postgres(connection):
@@ -245,7 +290,7 @@ async def _record_order(
         if event is not None:
             await write_event(event)
         await events.announce(hint)
-        return
+        return None
     meta = Order._meta
     names = sorted(meta.fields_db_projection)
     # As stored (this sets the order's times, as saving it would), before the event reads them.
@@ -264,18 +309,24 @@ async def _record_order(
     cte, event_params = event_cte(event)
     params += [*event_params, order.id, order.status.value, order.payment_status.value, actor]
     announce = events.announcement_sql(hint)
+    returning = ["1 AS one"]
     if announce is None:
         await events.announce(hint)
     else:
+        returning.append(announce[0])
         params += announce[1]
+    if counts is not None:
+        returning.append(counts[0].lstrip(", "))
+        params += counts[1]
     query = _ORDER_LINES_AND_FIRST_CHANGE.format(
         columns=", ".join(f'"{meta.fields_db_projection[name]}"' for name in names),
         values=", ".join("?" * len(names)),
         event=cte,
-        announce=f" RETURNING {announce[0]}" if announce is not None else "",
+        returning=", ".join(returning),
     )
-    await fetch(connection, query, *params)
+    rows = await fetch(connection, query, *params)
     order._saved_in_db = True
+    return None if counts is None else _counts_from(rows[0])
 
 
 async def undo_checkout(order_id: str, reason: str) -> None:
