@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import jwt
 
+from ordergraph.db import get_connection
+from ordergraph.db.sql import select
 from ordergraph.models import User
 
 ALGORITHM = "HS256"
@@ -173,9 +175,15 @@ async def ensure_user(identity: Identity) -> None:
     state = (identity.email, identity.is_staff)
     if _known_users.get(identity.user_id) == state:
         return
-    user, created = await User.get_or_create(
-        id=identity.user_id, defaults={"email": identity.email, "is_staff": identity.is_staff}
-    )
+    # Fixed SQL for the common case, a user known to the database but not yet to this process:
+    # the ORM's query building cost more than the round trip.
+    known = await select(get_connection(), User, "id = ?", identity.user_id)
+    if known:
+        user, created = known[0], False
+    else:
+        user, created = await User.get_or_create(
+            id=identity.user_id, defaults={"email": identity.email, "is_staff": identity.is_staff}
+        )
     if not created and (user.email, user.is_staff) != state:
         user.email, user.is_staff = state
         await user.save(update_fields=["email", "is_staff"])

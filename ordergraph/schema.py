@@ -8,13 +8,11 @@ import strawberry
 from graphql import GraphQLError
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import (
-    MaskErrors,
     MaxAliasesLimiter,
     ParserCache,
     QueryDepthLimiter,
     SchemaExtension,
 )
-from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.schema.schema import validate_document
 from strawberry.types import ExecutionContext
 
@@ -63,7 +61,7 @@ from ordergraph.resolvers.webhook_types import (
     WebhookEndpoint,
     WebhookEndpointPayload,
 )
-from ordergraph.web.graphql_rules import HideSuggestions, require_operation_name
+from ordergraph.web.graphql_rules import ClientErrors, is_unexpected, require_operation_name
 
 
 @strawberry.type
@@ -226,25 +224,12 @@ class Subscription:
     )
 
 
-def _is_unexpected(error: GraphQLError) -> bool:
-    """Mask every error that is not ours on purpose: no SQL or internals reach a client."""
-    if error.original_error is None:
-        return False  # parse and validation errors speak of the query, not of us
-    if isinstance(error.original_error, GraphQLError):
-        return False
-    # Strawberry's own refusals of a request (an unknown operation name, an operation type the
-    # transport does not run, e.g. a query over graphql-ws) say what was wrong with it.
-    return not isinstance(
-        error.original_error, CannotGetOperationTypeError | InvalidOperationTypeError
-    )
-
-
 class Schema(strawberry.Schema):
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
         """Log what went wrong on our side; a refused or malformed request is not our error."""
-        unexpected = [e for e in errors if _is_unexpected(e)]
+        unexpected = [e for e in errors if is_unexpected(e)]
         if unexpected:
             super().process_errors(unexpected, execution_context)
 
@@ -323,15 +308,13 @@ class ValidationByText(SchemaExtension):
 
 def build_schema(*, debug: bool = False) -> strawberry.Schema:
     extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
-        lambda: MaskErrors(should_mask_error=_is_unexpected, error_message="Internal error"),
+        # Without introspection, error messages do not suggest field or argument names either.
+        lambda: ClientErrors(hide_suggestions=not debug),
         lambda: OperationRules(introspection=debug),
         lambda: ParserCache(maxsize=512),
         ValidationByText,
         subscriptions.WebSocketOnly,
     ]
-    if not debug:
-        # Without introspection, error messages do not suggest field or argument names either.
-        extensions += [HideSuggestions]
     return Schema(
         query=Query,
         mutation=Mutation,

@@ -25,7 +25,7 @@ import jwt
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from ordergraph.auth import decode_token, issue_token
+from ordergraph.auth import decode_token, forget_known_users, issue_token
 from ordergraph.models import (
     CartItem,
     DeliveryStatus,
@@ -1196,3 +1196,23 @@ async def test_a_valid_token_is_accepted_and_creates_its_user(app: Harness) -> N
     assert (await _ask(app, PRODUCTS, {}, None)).json() == {"data": {"products": {"edges": []}}}
     user = await User.get(id=INTRUDER)
     assert (user.email, user.is_staff) == ("intruder@example.com", True)
+
+
+async def test_a_known_user_first_seen_by_this_process_takes_its_tokens_claims(
+    app: Harness,
+) -> None:
+    """A user the database knows but this process has not seen (another worker made it, or a
+    restart forgot it): its row follows the token's email and staff claim, and stays one row."""
+    await User.create(id="returning", email="old@example.com", is_staff=False)
+    forget_known_users()
+    token = app.token("returning", email="new@example.com", staff=True)
+    body = (await _ask(app, "{ orders { edges { node { id } } } }", {}, token)).json()
+    assert body == {"data": {"orders": {"edges": []}}}
+    user = await User.get(id="returning")
+    assert (user.email, user.is_staff) == ("new@example.com", True)
+    forget_known_users()
+    body = (await _ask(app, CART, {}, app.token("returning", email="new@example.com"))).json()
+    assert body == {"data": {"cart": {"itemCount": 0}}}
+    assert [(u.email, u.is_staff) for u in await User.filter(id="returning")] == [
+        ("new@example.com", False)
+    ]

@@ -316,11 +316,13 @@ async def test_a_thousand_connections_leave_nothing_behind(app: Harness) -> None
         Loaders,
     )
 
-    async def settled() -> tuple[int, Counter[str]]:
+    async def settled() -> tuple[Counter[str], Counter[str]]:
         await eventually(_quiescent)
         gc.collect()
         kinds = Counter(type(o).__name__ for o in gc.get_objects() if isinstance(o, per_connection))
-        return len(asyncio.all_tasks()), kinds
+        # By what each task runs, so that a failure names the task left behind.
+        tasks = Counter(getattr(t.get_coro(), "__qualname__", "?") for t in asyncio.all_tasks())
+        return tasks, kinds
 
     await rounds(100)  # warm up pools and lazily made objects
     before = await settled()

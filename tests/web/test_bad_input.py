@@ -17,6 +17,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from ordergraph.domain import shipping
 from ordergraph.schema import build_schema
 from ordergraph.web.graphql_rules import MULTIPLE_OPERATIONS
 from ordergraph.web.json_input import MAX_DEPTH
@@ -272,6 +273,33 @@ async def test_with_introspection_off_errors_suggest_no_names(
     assert quiet.errors and not [e for e in quiet.errors if "Did you mean" in e.message]
     chatty = await build_schema(debug=True).execute(document, variable_values=variables)
     assert chatty.errors and [e for e in chatty.errors if "Did you mean" in e.message]
+
+
+async def test_an_error_not_raised_on_purpose_reaches_the_client_as_internal_error(
+    app: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Masked, with its path, beside a suggestion-free validation error of the same kind of
+    request; logged in full on our side."""
+
+    async def broken(**_: Any) -> list[Any]:
+        raise RuntimeError('relation "secret_rates" does not exist')
+
+    monkeypatch.setattr(shipping, "list_shipping_rates", broken)
+    response = await _post(app, _body("{ shippingRates { name } }"), app.token("alice"))
+    assert response.json() == {
+        "data": None,
+        "errors": [
+            {
+                "message": "Internal error",
+                "locations": [{"line": 1, "column": 3}],
+                "path": ["shippingRates"],
+            }
+        ],
+    }
+    assert "secret_rates" in caplog.text
+    misspelt = await _post(app, _body("{ shippingRate { name } }"), app.token("alice"))
+    (error,) = misspelt.json()["errors"]
+    assert "shippingRate" in error["message"] and "Did you mean" not in error["message"]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
