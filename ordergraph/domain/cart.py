@@ -70,7 +70,7 @@ async def lock_shopper(connection: BaseDBAsyncClient, user_id: str) -> None:
 TAKE_CART = """shopper AS MATERIALIZED (SELECT id FROM users WHERE id = ? FOR NO KEY UPDATE),
 taken AS (
     DELETE FROM cart_items WHERE user_id = ? AND (SELECT count(*) FROM shopper) >= 0
-    RETURNING product_id, quantity
+    RETURNING id, product_id, quantity
 )"""
 
 
@@ -82,7 +82,7 @@ async def take_cart(connection: BaseDBAsyncClient, user_id: str) -> list[dict[st
     await lock_shopper(connection, user_id)
     return await fetch(
         connection,
-        "DELETE FROM cart_items WHERE user_id = ? RETURNING product_id, quantity",
+        "DELETE FROM cart_items WHERE user_id = ? RETURNING id, product_id, quantity",
         user_id,
     )
 

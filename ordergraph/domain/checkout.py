@@ -22,6 +22,16 @@ from ordergraph.db import get_connection, is_postgres, transaction
 from ordergraph.db.sql import fetch
 from ordergraph.domain.cart import TAKE_CART, take_cart
 from ordergraph.domain.catalog import MAX_AMOUNT
+from ordergraph.domain.checkout_limits import (
+    Counts,
+    check_cart,
+    check_rate,
+    check_unpaid,
+    counts_from,
+    counts_sql,
+    limit_exceeded,
+    read_counts,
+)
 from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
 from ordergraph.domain.inventory import reserve_stock
 from ordergraph.domain.order_state import change_order, lock_order
@@ -74,99 +84,53 @@ def checkout_ttl(settings: Settings) -> timedelta:
     return timedelta(minutes=min(max(settings.checkout_ttl_minutes, 31), 1439))
 
 
-def _limit(message: str) -> BusinessError:
-    return BusinessError.of(ErrorCode.LIMIT_EXCEEDED, message, field=("cart",))
-
-
-# The shopper's units waiting for payment, and their orders placed since a moment.
-_UNPAID_UNITS = (
-    "SELECT COALESCE(SUM(i.quantity), 0) FROM order_items i "
-    "JOIN orders o ON o.id = i.order_id WHERE o.user_id = ? AND o.status = ?"
-)
-_RECENT = "SELECT count(*) FROM orders WHERE user_id = ? AND created_at >= ?"
-
-
 @dataclass(frozen=True, slots=True)
-class _Counts:
-    """The shopper's counts that limit a checkout: an order enters PENDING_PAYMENT, or is
-    placed, only by a checkout holding the shopper's lock (`take_cart`), so counts read after
-    that lock is taken stay true until the commit."""
+class _Line:
+    """A line of the cart taken, with its product as the taking statement saw it."""
 
-    recent: int  # orders placed in the last minute (0 when the rate is not limited)
-    unpaid_units: int | None  # units of their PENDING_PAYMENT orders; None: not read yet
-
-
-def _counts_sql(user_id: str, settings: Settings, *, unpaid: bool) -> tuple[str, list[Any]]:
-    """Columns (", (...) AS units, (...) AS recent") for a caller's statement, and their values."""
-    columns, values = "", list[Any]()
-    if unpaid:
-        columns += f", ({_UNPAID_UNITS}) AS units"
-        values += [user_id, OrderStatus.PENDING_PAYMENT.value]
-    if settings.checkout_rate_per_minute > 0:
-        columns += f", ({_RECENT}) AS recent"
-        values += [user_id, datetime.now(UTC) - timedelta(minutes=1)]
-    return columns, values
+    product_id: str
+    quantity: int
+    name: str
+    price: int
+    tax_code: str | None
 
 
-def _counts_from(row: dict[str, Any]) -> _Counts:
-    units = row.get("units")
-    return _Counts(int(row.get("recent") or 0), None if units is None else int(units))
+# The cart's lines with their products, from `cart.TAKE_CART`'s `taken`, in the order they
+# were put in the cart.
+_LINES_TAKEN = (
+    "ARRAY(SELECT ROW(t.product_id, t.quantity, p.name, p.price, p.tax_code)"
+    " FROM taken t JOIN products p ON p.id = t.product_id ORDER BY t.id) AS og_cart"
+)
 
 
 async def _take_cart(
     connection: BaseDBAsyncClient, user_id: str, settings: Settings
-) -> tuple[list[tuple[Any, int]], _Counts, Offer | None]:
-    """The shopper's lock, their cart, what limits them and, on PostgreSQL, the shop's offer.
+) -> tuple[list[_Line], Counts, Offer | None]:
+    """The shopper's lock, their cart with its products, what limits them and, on PostgreSQL,
+    the shop's offer.
 
     SQLite reads the counts after the lock. PostgreSQL reads the lock, the cart, the offer and
     the recent orders in one statement whose snapshot is taken before the lock's wait: its count
     of recent orders can only be short of the truth (orders are never unplaced), so a refusal
     on it stands; the exact counts come with the order's own statement (`_record_order`)."""
     if not is_postgres(connection):
-        cart = [(r["product_id"], r["quantity"]) for r in await take_cart(connection, user_id)]
-        unpaid = (user_id, OrderStatus.PENDING_PAYMENT.value)
-        rows = await fetch(connection, f"SELECT ({_UNPAID_UNITS}) AS units", *unpaid)
-        recent = 0
-        if settings.checkout_rate_per_minute > 0:
-            since = datetime.now(UTC) - timedelta(minutes=1)
-            recent = await Order.filter(user_id=user_id, created_at__gte=since).count()
-        return cart, _Counts(recent, int(rows[0]["units"])), None
-    columns, values = _counts_sql(user_id, settings, unpaid=False)
-    columns += ", ARRAY(SELECT ROW(t.product_id, t.quantity) FROM taken t) AS og_cart"
-    query = f"WITH {TAKE_CART} {offer_query(columns)}"
+        taken = sorted(await take_cart(connection, user_id), key=lambda row: row["id"])
+        products = {
+            str(p): (name, price, tax)
+            for p, name, price, tax in await Product.filter(
+                id__in=[row["product_id"] for row in taken]
+            ).values_list("id", "name", "price", "tax_code")
+        }
+        cart = [
+            _Line(str(r["product_id"]), r["quantity"], *products[str(r["product_id"])])
+            for r in taken
+        ]
+        return cart, await read_counts(connection, user_id, settings), None
+    columns, values = counts_sql(user_id, settings, unpaid=False)
+    query = f"WITH {TAKE_CART} {offer_query(f'{columns}, {_LINES_TAKEN}')}"
     rows = await fetch(connection, query, user_id, user_id, *values)
-    return list(rows[0]["og_cart"]), _counts_from(rows[0]), offer_from(rows)
-
-
-def _check_rate(counts: _Counts, settings: Settings) -> None:
-    """A few checkouts a minute per shopper, so that a script cannot hold the whole stock in
-    unpaid orders; 0 disables."""
-    limit = settings.checkout_rate_per_minute
-    if 0 < limit <= counts.recent:
-        raise BusinessError.of(
-            ErrorCode.RATE_LIMITED, f"At most {limit} checkouts a minute; try again shortly"
-        )
-
-
-def _check_cart(quantities: dict[str, int], settings: Settings) -> None:
-    """The cart's limits once more (a cart filled before they existed, or lines an undone
-    checkout put back)."""
-    if len(quantities) > settings.cart_max_lines:
-        raise _limit(f"At most {settings.cart_max_lines} different products in a cart")
-    if max(quantities.values()) > settings.max_units_per_line:
-        raise _limit(f"At most {settings.max_units_per_line} units of one product in a cart")
-
-
-def _check_unpaid(counts: _Counts, quantities: dict[str, int], settings: Settings) -> None:
-    """The units of the shopper's PENDING_PAYMENT orders plus this cart's may be at most
-    MAX_UNPAID_UNITS_PER_SHOPPER."""
-    held, units = counts.unpaid_units or 0, sum(quantities.values())
-    limit = settings.max_unpaid_units_per_shopper
-    if held + units > limit:
-        raise _limit(
-            f"At most {limit} units may wait for payment at once: {held} already do and this "
-            f"cart has {units}; pay or cancel an order first"
-        )
+    cart = [_Line(str(line[0]), *line[1:]) for line in rows[0]["og_cart"]]
+    return cart, counts_from(rows[0]), offer_from(rows)
 
 
 async def place_order(
@@ -174,17 +138,20 @@ async def place_order(
 ) -> tuple[Order, list[OrderItem]]:
     """Turn the cart into a PENDING_PAYMENT order holding its stock, in one transaction.
 
-    The shopper's lock comes first (`take_cart`): their checkouts and cart changes
-    run one at a time, so the unpaid-units limit holds however many arrive together. A
-    refusal raises inside the transaction, whose rollback puts the cart back untouched, and
-    the stock and the order too when the exact counts come with the order (PostgreSQL).
+    The shopper's lock comes first (`take_cart`): their checkouts and cart changes run one at a
+    time, so the unpaid-units limit holds however many arrive together. The order is priced as
+    the statement that took the cart saw its products. The stock is reserved last, right
+    before the commit: a product's row stays locked from its reservation to the commit, and a
+    popular product's checkouts queue on it. A refusal raises inside the transaction, whose
+    rollback puts everything back: the cart, and the order and the stock when it comes after
+    them (a short line, or the exact counts that come with the order on PostgreSQL).
     """
     async with transaction() as connection:
         cart, counts, shop_offer = await _take_cart(connection, user_id, settings)
-        _check_rate(counts, settings)
+        check_rate(counts, settings)
         if not cart:
             raise BusinessError.of(ErrorCode.CART_EMPTY, "Your cart is empty")
-        quantities = {str(product_id): quantity for product_id, quantity in cart}
+        quantities = {line.product_id: line.quantity for line in cart}
         bad = [pid for pid, qty in quantities.items() if qty < 1]
         if bad:
             raise BusinessError(
@@ -193,22 +160,16 @@ async def place_order(
                     for p in bad
                 )
             )
-        _check_cart(quantities, settings)
+        check_cart(quantities, settings)
         if counts.unpaid_units is not None:
-            _check_unpaid(counts, quantities, settings)
-        products = await reserve_stock(quantities.items())
-        total = sum(products[pid].price * qty for pid, qty in quantities.items())
+            check_unpaid(counts, quantities, settings)
+        total = sum(line.price * line.quantity for line in cart)
         if total > MAX_AMOUNT:
-            raise _limit(
+            raise limit_exceeded(
                 f"The order's total would be {total} minor units; at most {MAX_AMOUNT} can be "
                 "paid in one order"
             )
-        now = datetime.now(UTC)
         offer = await checkout_offer(total, settings, shop_offer)
-        tax_codes: dict[str, str | None] = {}
-        if offer["automatic_tax"]:
-            rows = await Product.filter(id__in=list(quantities)).values_list("id", "tax_code")
-            tax_codes = {str(pid): code for pid, code in rows}
         order = Order(
             user_id=user_id,
             status=OrderStatus.PENDING_PAYMENT,
@@ -217,19 +178,20 @@ async def place_order(
             subtotal=total,
             total=total,
             email=email or None,
-            expires_at=now + checkout_ttl(settings),
+            expires_at=datetime.now(UTC) + checkout_ttl(settings),
             checkout_options=offer,
         )
+        automatic_tax = offer["automatic_tax"]
         items = [
             OrderItem(
                 order_id=order.id,
-                product_id=pid,
-                product_name=products[pid].name,
-                unit_price=products[pid].price,
-                quantity=qty,
-                tax_code=tax_codes.get(pid),
+                product_id=line.product_id,
+                product_name=line.name,
+                unit_price=line.price,
+                quantity=line.quantity,
+                tax_code=line.tax_code if automatic_tax else None,
             )
-            for pid, qty in quantities.items()
+            for line in cart
         ]
         # On PostgreSQL the exact counts come with the order's own statement (one round trip
         # fewer); a refusal then rolls the order back with the rest.
@@ -239,11 +201,12 @@ async def place_order(
             order,
             items,
             actor=f"user:{user_id}",
-            counts=_counts_sql(user_id, settings, unpaid=True) if pending else None,
+            counts=counts_sql(user_id, settings, unpaid=True) if pending else None,
         )
         if exact is not None:
-            _check_rate(exact, settings)
-            _check_unpaid(exact, quantities, settings)
+            check_rate(exact, settings)
+            check_unpaid(exact, quantities, settings)
+        await reserve_stock(quantities.items())
     return order, items
 
 
@@ -269,7 +232,7 @@ async def _record_order(
     *,
     actor: str,
     counts: tuple[str, list[Any]] | None = None,
-) -> _Counts | None:
+) -> Counts | None:
     """Write the new `order`, its lines, the first row of its history, the `order.created`
     event and the announcement of a new order, for staff following the whole shop
     (orderChanges). On PostgreSQL the statement also reads `counts` (`_counts_sql`'s columns)
@@ -326,7 +289,7 @@ async def _record_order(
     )
     rows = await fetch(connection, query, *params)
     order._saved_in_db = True
-    return None if counts is None else _counts_from(rows[0])
+    return None if counts is None else counts_from(rows[0])
 
 
 async def undo_checkout(order_id: str, reason: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from tortoise.expressions import F
 
@@ -20,32 +19,25 @@ from ordergraph.domain.errors import BusinessError, ErrorCode, Problem
 from ordergraph.models import Product
 
 
-@dataclass(frozen=True)
-class Reserved:
-    name: str
-    price: int
-
-
-async def reserve_stock(lines: Iterable[tuple[str, int]]) -> dict[str, Reserved]:
+async def reserve_stock(lines: Iterable[tuple[str, int]]) -> None:
     """Take `quantity` units of each product, or raise OUT_OF_STOCK naming every short line.
 
-    Answers each product's name and price as they were when its row was locked, so the order
-    is priced from the database without reading the products again. Must run inside a
-    transaction: on a short line the caller's rollback returns what the earlier lines took.
+    Must run inside a transaction: on a short line the caller's rollback returns what the
+    earlier lines took. Each product's row stays locked until the commit, so a checkout
+    reserves last, right before it commits.
     """
     wanted = sorted(lines)  # every checkout locks products in the same order
     rows = await fetch_each(
         get_connection(),
-        "UPDATE products SET stock = stock - ? WHERE id = ? AND active AND stock >= ? "
-        "RETURNING id, name, price",
+        "UPDATE products SET stock = stock - ? WHERE id = ? AND active AND stock >= ? RETURNING id",
         [[quantity, uuid.UUID(product_id), quantity] for product_id, quantity in wanted],
     )
-    named = {str(uuid.UUID(product_id)): product_id for product_id, _ in wanted}
-    reserved = {named[str(row["id"])]: Reserved(row["name"], row["price"]) for row in rows}
-    short = [await _shortage(pid, quantity) for pid, quantity in wanted if pid not in reserved]
+    reserved = {uuid.UUID(str(row["id"])) for row in rows}
+    short = [
+        await _shortage(pid, quantity) for pid, quantity in wanted if uuid.UUID(pid) not in reserved
+    ]
     if short:
         raise BusinessError(*short)
-    return reserved
 
 
 async def _shortage(product_id: str, quantity: int) -> Problem:
