@@ -235,7 +235,8 @@ class Schema(strawberry.Schema):
 
 
 # Built once: a limiter made per operation is a new validator class every time, which makes
-# every ValidationCache lookup a miss and costs ~7 KB for each open subscription.
+# every validation cache lookup (`ValidationByText`) a miss and costs ~7 KB for each open
+# subscription.
 LIMITS = (
     QueryDepthLimiter(max_depth=12).validation_rules
     + MaxAliasesLimiter(max_alias_count=30).validation_rules

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,7 @@ from ordergraph.models import (
     WebhookEndpoint,
 )
 from ordergraph.stripe_emulator import StripeEmulator
-from tests.conftest import OUTPUT_DIR, Harness, SmtpServer, service_env
+from tests.conftest import METRICS_TOKEN, OUTPUT_DIR, Harness, SmtpServer, service_env
 from tests.utils.helpers import checked_out_order, make_product, stock_of
 from tests.utils.live import ServerProcess, eventually, unique
 from tests.utils.receivers import receiving
@@ -53,6 +54,27 @@ TRACKING = "1Z999AA10123456784"
 CANCEL = "mutation($id: ID!) { cancelOrder(orderId: $id) { order { status } userErrors { code } } }"
 # The console writes "2 \u00d7 $25.00" (a multiplication sign).
 TIMES = "\u00d7"
+
+
+async def _listening(app: Harness, shop: ServerProcess) -> None:
+    """Until the shop serves the console's subscription, the only one open.
+
+    The console shows "live" when the server acknowledges its socket, a moment before the
+    `orderChanges` subscription it then asks for is listening: a change committed in between
+    reaches the console only when it next reads the list. A test that counts on a push waits
+    for this first."""
+
+    async def count() -> float:
+        response = await app.http.get(
+            f"{shop.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        )
+        found = re.search(r"^ordergraph_active_subscriptions (\S+)$", response.text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    async def one() -> bool:
+        return await count() == 1
+
+    assert await eventually(one), f"the shop serves {await count()} subscriptions, not 1"
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +177,7 @@ async def test_staff_see_an_order_arrive_and_get_paid_live_then_ship_it(
     try:
         await _sign_in(console, shop.url, staff)
         await expect(console.get_by_test_id("live")).to_have_text("live", timeout=TIMEOUT_MS)
+        await _listening(app, shop)
         rows = console.get_by_test_id("orders").locator("li[data-order-id]")
         await expect(rows).to_have_count(1)
         await expect(console.get_by_test_id("count")).to_have_text("1 order")
@@ -551,6 +574,7 @@ async def test_the_list_pages_filters_and_places_live_orders_by_the_filter(
         await expect(rows).to_have_count(1, timeout=TIMEOUT_MS)
         await expect(rows.first).to_have_attribute("data-order-id", placed[0])
         await expect(page.get_by_test_id("live")).to_have_text("live", timeout=TIMEOUT_MS)
+        await _listening(app, shop)
 
         # Unpaid: pushed, but not what the list is filtered on.
         at_shop = dataclasses.replace(app, url=shop.url)
