@@ -16,6 +16,7 @@ from strawberry.extensions import (
 from strawberry.schema.schema import validate_document
 from strawberry.types import ExecutionContext
 
+from ordergraph.bounded_cache import BoundedCache
 from ordergraph.resolvers import (
     cart,
     catalog,
@@ -274,8 +275,7 @@ class OperationRules(SchemaExtension):
 
 
 # Validation errors by (schema, query text, rules), for as many texts as the parser cache keeps.
-_VALIDATED: dict[tuple[object, str, tuple[object, ...]], list[GraphQLError]] = {}
-_MAX_VALIDATED = 512
+_VALIDATED = BoundedCache[tuple[object, str, tuple[object, ...]], list[GraphQLError]](512)
 
 
 class ValidationByText(SchemaExtension):
@@ -289,21 +289,15 @@ class ValidationByText(SchemaExtension):
         execution = self.execution_context
         schema, document = execution.schema._schema, execution.graphql_document
         assert document is not None
-        if execution.query is None:
-            execution.pre_execution_errors = validate_document(
-                schema, document, execution.validation_rules
-            )
-            yield
-            return
-        key = (schema, execution.query, execution.validation_rules)
-        errors = _VALIDATED.get(key)
-        if errors is None:
-            if len(_VALIDATED) >= _MAX_VALIDATED:
-                _VALIDATED.clear()
-            errors = _VALIDATED[key] = validate_document(
-                schema, document, execution.validation_rules
-            )
-        execution.pre_execution_errors = errors
+        rules = execution.validation_rules
+
+        def validate() -> list[GraphQLError]:
+            return validate_document(schema, document, rules)
+
+        query = execution.query
+        execution.pre_execution_errors = (
+            validate() if query is None else _VALIDATED.get((schema, query, rules), validate)
+        )
         yield
 
 

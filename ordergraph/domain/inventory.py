@@ -26,21 +26,20 @@ async def reserve_stock(lines: Iterable[tuple[str, int]]) -> None:
     earlier lines took. Each product's row stays locked until the commit, so a checkout
     reserves last, right before it commits.
     """
-    wanted = sorted(lines)  # every checkout locks products in the same order
+    # Every checkout locks products in the same order (UUIDs sort as PostgreSQL sorts them).
+    wanted = sorted((uuid.UUID(product_id), quantity) for product_id, quantity in lines)
     rows = await fetch_each(
         get_connection(),
         "UPDATE products SET stock = stock - ? WHERE id = ? AND active AND stock >= ? RETURNING id",
-        [[quantity, uuid.UUID(product_id), quantity] for product_id, quantity in wanted],
+        [[quantity, product_id, quantity] for product_id, quantity in wanted],
     )
     reserved = {uuid.UUID(str(row["id"])) for row in rows}
-    short = [
-        await _shortage(pid, quantity) for pid, quantity in wanted if uuid.UUID(pid) not in reserved
-    ]
+    short = [await _shortage(pid, quantity) for pid, quantity in wanted if pid not in reserved]
     if short:
         raise BusinessError(*short)
 
 
-async def _shortage(product_id: str, quantity: int) -> Problem:
+async def _shortage(product_id: uuid.UUID, quantity: int) -> Problem:
     """Why a line could not be reserved: too few units, or a product no longer sold (archived,
     or gone), which has none. OUT_OF_STOCK with `available` either way, so that a client that
     sets each short line to what is available removes it."""

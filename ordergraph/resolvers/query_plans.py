@@ -44,17 +44,19 @@ from graphql import (
 from graphql.execution.values import get_argument_values
 from graphql.pyutils import Path, Undefined, gather_with_cancel, is_iterable
 
+from ordergraph.bounded_cache import BoundedCache
 from ordergraph.resolvers.subscriptions import SharedEventExecutor
 
 # A switch for the tests that compare both ways of executing.
 ENABLED = True
 
-# Plans by schema and operation node (their ids, with both kept so that neither id can be
-# reused while the entry lives), for as many documents as the parser cache keeps. The parser
+# Plans by schema and operation node (their ids, with both kept in the entry so that neither id
+# can be reused while it lives), for as many documents as the parser cache keeps. The parser
 # cache is Strawberry's, shared by every schema of the process: a plan holds one schema's
 # fields and resolvers.
-_PLANS: dict[tuple[int, int], tuple[GraphQLSchema, OperationDefinitionNode, ObjectPlan | None]] = {}
-_MAX_PLANS = 512
+_PLANS: BoundedCache[
+    tuple[int, int], tuple[GraphQLSchema, OperationDefinitionNode, ObjectPlan | None]
+] = BoundedCache(512)
 
 
 class Unplanned(Exception):
@@ -174,12 +176,10 @@ class PlannedExecutor(SharedEventExecutor):
         ):
             return None
         schema = self.schema
-        key = (id(schema), id(operation))
-        entry = _PLANS.get(key)
-        if entry is None or entry[0] is not schema or entry[1] is not operation:
-            if len(_PLANS) >= _MAX_PLANS:
-                _PLANS.clear()
-            entry = _PLANS[key] = (schema, operation, plan_operation(schema, operation))
+        entry = _PLANS.get(
+            (id(schema), id(operation)),
+            lambda: (schema, operation, plan_operation(schema, operation)),
+        )
         return entry[2]
 
     async def _settle(self, data: Awaitable[dict[str, Any]], serially: bool | None) -> Any:
