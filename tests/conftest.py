@@ -9,6 +9,7 @@ server fails the run instead of skipping it.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import secrets
 import socket
@@ -104,9 +105,23 @@ def _loopback_only() -> Iterator[None]:
         pytest.fail("outside loopback (tests/utils/loopback.py):\n" + "\n".join(found), False)
 
 
+# Where pytest-xdist's workers leave the violations of their last teardowns, for the process
+# that reports the run: made by that process, and inherited by the workers it starts.
+_LATE_VARIABLE = "ORDERGRAPH_TEST_LATE_VIOLATIONS"
+if _LATE_VARIABLE not in os.environ:
+    _LATE_DIR = tempfile.TemporaryDirectory(prefix="ordergraph-late-violations-")
+    os.environ[_LATE_VARIABLE] = _LATE_DIR.name
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Those of the last teardowns (session fixtures, subprocesses that outlived their test)."""
     found = _unreported_violations()
+    late = Path(os.environ[_LATE_VARIABLE])
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the reporting process says it
+        if found:
+            (late / f"{os.getpid()}.log").write_text("\n".join(found))
+        return
+    found += [line for path in sorted(late.glob("*.log")) for line in path.read_text().splitlines()]
     if found:
         print("\noutside loopback (tests/utils/loopback.py):\n" + "\n".join(found), file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -369,6 +384,47 @@ async def outbox_settled(timeout: float = 5.0) -> None:
         await asyncio.sleep(0.05)
 
 
+# A transaction that holds a table longer than this is stuck: the test run fails, naming it,
+# instead of waiting for it forever.
+TRUNCATE_LOCK_TIMEOUT = "30s"
+
+
+async def _truncate(connection: Any) -> None:
+    truncate = (
+        f"SET lock_timeout = '{TRUNCATE_LOCK_TIMEOUT}';"
+        f" TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE; RESET lock_timeout"
+    )
+    # The service's webhook sender takes these tables in its own order (fan-out: events, then
+    # deliveries; claims: the other way round): PostgreSQL may pick this statement as a
+    # deadlock's victim. It is then simply run again.
+    for attempt in range(5):
+        try:
+            await connection.execute_script(truncate)
+            return
+        except asyncpg.exceptions.DeadlockDetectedError:
+            if attempt == 4:
+                raise
+        except asyncpg.exceptions.LockNotAvailableError:
+            await connection.execute_script("RESET lock_timeout")
+            pytest.fail(f"a transaction holds the tables:\n{await _holders(connection)}", False)
+
+
+async def _holders(connection: Any) -> str:
+    """The other sessions of this database with a transaction open, and this process's tasks
+    (one of them may be the one that left its transaction open)."""
+    rows = await connection.execute_query_dict(
+        "SELECT pid, application_name, state, wait_event, xact_start, query FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND xact_start IS NOT NULL ORDER BY xact_start"
+    )
+    tasks = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=tasks)
+    return (
+        "\n".join(str(row) for row in rows) + "\n\ntasks of the test process:\n" + tasks.getvalue()
+    )
+
+
 async def reset_service(harness: Harness, smtp: SmtpServer) -> None:
     """Empty the database, the emulator and the mailbox under the running service."""
     events_for_endpoints.forget_endpoints()
@@ -376,17 +432,7 @@ async def reset_service(harness: Harness, smtp: SmtpServer) -> None:
     await outbox_settled()
     connection = Tortoise.get_connection("default")
     if connection.capabilities.dialect == "postgres":
-        truncate = f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"
-        # The service's webhook sender takes these tables in its own order (fan-out: events,
-        # then deliveries; claims: the other way round): PostgreSQL may pick this statement as
-        # a deadlock's victim. It is then simply run again.
-        for attempt in range(5):
-            try:
-                await connection.execute_script(truncate)
-                break
-            except asyncpg.exceptions.DeadlockDetectedError:
-                if attempt == 4:
-                    raise
+        await _truncate(connection)
     else:
         for table in TABLES:
             await connection.execute_script(f'DELETE FROM "{table}"')

@@ -139,6 +139,7 @@ def _restart_command() -> list[str] | None:
 
 
 @postgres_only
+@pytest.mark.alone  # every other test's connections would go down with the server
 async def test_server_rides_out_a_database_restart(
     app: Harness, smtp: SmtpServer, own_database: str
 ) -> None:

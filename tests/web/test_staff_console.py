@@ -111,6 +111,8 @@ class Watch:
 
     pushed: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # Every frame and close of every socket, for a failure's report.
+    frames: list[str] = field(default_factory=list)
 
     def attach(self, page: Page) -> None:
         page.on("websocket", self._websocket)
@@ -120,10 +122,17 @@ class Watch:
     def _websocket(self, socket: WebSocket) -> None:
         def received(payload: str | bytes) -> None:
             message = json.loads(payload)
+            self.frames.append(f"<- {str(payload)[:300]}")
             if message.get("type") == "next":
                 self.pushed.append(message["payload"])
 
         socket.on("framereceived", received)
+        socket.on("framesent", lambda payload: self.frames.append(f"-> {str(payload)[:120]}"))
+        socket.on("close", lambda _: self.frames.append("closed"))
+
+    def report(self, shop: ServerProcess) -> str:
+        log = shop.log.read_text(errors="replace")[-4000:]
+        return "\n".join(["frames:", *self.frames, "problems:", *self.problems, "shop's log:", log])
 
     def _console(self, message: ConsoleMessage) -> None:
         if message.type in ("error", "warning"):
@@ -327,6 +336,10 @@ async def test_staff_see_an_order_arrive_and_get_paid_live_then_ship_it(
         overflow = await console.evaluate("document.documentElement.scrollWidth - innerWidth")
         assert overflow <= 0, overflow
         await success.context.close()
+    except AssertionError as failure:
+        # This test has failed now and then after the whole suite, never alone: say what the
+        # console received.
+        raise AssertionError(f"{failure}\n{watch.report(shop)}") from failure
     finally:
         await console.context.close()
 
