@@ -448,3 +448,25 @@ async def app(harness: Harness, smtp: SmtpServer) -> AsyncIterator[Harness]:
     """The running service with an empty database, a fresh emulator and an empty mailbox."""
     await reset_service(harness, smtp)
     yield harness
+    await _no_transaction_left_open()
+
+
+async def _no_transaction_left_open(timeout: float = 5.0) -> None:
+    """Fails the test after which a session of this database still waits for its client
+    inside a transaction (or halfway through a statement): its connection is lost to the pool
+    and its locks are held until the process ends."""
+    connection = Tortoise.get_connection("default")
+    if connection.capabilities.dialect != "postgres":
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = await connection.execute_query_dict(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND wait_event = 'ClientRead'"
+            " AND (state = 'active' OR state LIKE 'idle in transaction%')"
+        )
+        if not rows:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"left waiting for its client:\n{await _holders(connection)}", False)
+        await asyncio.sleep(0.05)

@@ -21,6 +21,8 @@ from tortoise.backends.sqlite.client import SqliteTransactionWrapper
 from tortoise.connection import get_connections
 from tortoise.transactions import in_transaction
 
+from ordergraph.db import pool
+
 log = logging.getLogger(__name__)
 
 MODELS_MODULE = "ordergraph.models"
@@ -43,25 +45,14 @@ async def _begin_immediate(self: SqliteTransactionWrapper) -> None:
 SqliteTransactionWrapper.begin = _begin_immediate  # type: ignore[method-assign]
 
 
-async def _release(connection: Any) -> None:
-    """What a pooled PostgreSQL connection needs on its way back to the pool: nothing, unless a
-    cancelled request left a transaction open.
-
-    asyncpg's default reset (unlock advisory locks, close cursors, UNLISTEN, RESET ALL) is a round
-    trip on every release, that is after every query outside a transaction; ordergraph leaves no
-    such state on pooled connections (LISTEN has a connection of its own).
-    """
-    if connection.is_in_transaction():
-        await connection.execute("ROLLBACK")
-
-
 def tortoise_config(database_url: str, *, pool_size: int = 20) -> dict[str, Any]:
     connection: str | dict[str, Any] = database_url
     if database_url.startswith(("postgres://", "postgresql://", "asyncpg://")):
         connection = expand_db_url(database_url)
         credentials = connection["credentials"]
         credentials.setdefault("maxsize", pool_size)
-        credentials["reset"] = _release
+        credentials["connection_class"] = pool.PooledConnection
+        credentials["reset"] = pool.release
     return {
         "connections": {"default": connection},
         "apps": {
