@@ -9,7 +9,6 @@ server fails the run instead of skipping it.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import secrets
 import socket
@@ -410,19 +409,13 @@ async def _truncate(connection: Any) -> None:
 
 
 async def _holders(connection: Any) -> str:
-    """The other sessions of this database with a transaction open, and this process's tasks
-    (one of them may be the one that left its transaction open)."""
+    """The other sessions of this database with a transaction open."""
     rows = await connection.execute_query_dict(
         "SELECT pid, application_name, state, wait_event, xact_start, query FROM pg_stat_activity"
         " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         " AND xact_start IS NOT NULL ORDER BY xact_start"
     )
-    tasks = io.StringIO()
-    for task in asyncio.all_tasks():
-        task.print_stack(limit=12, file=tasks)
-    return (
-        "\n".join(str(row) for row in rows) + "\n\ntasks of the test process:\n" + tasks.getvalue()
-    )
+    return "\n".join(str(row) for row in rows)
 
 
 async def reset_service(harness: Harness, smtp: SmtpServer) -> None:
@@ -453,8 +446,8 @@ async def app(harness: Harness, smtp: SmtpServer) -> AsyncIterator[Harness]:
 
 async def _no_transaction_left_open(timeout: float = 5.0) -> None:
     """Fails the test after which a session of this database still waits for its client
-    inside a transaction (or halfway through a statement): its connection is lost to the pool
-    and its locks are held until the process ends."""
+    inside a transaction, or halfway through a statement (`ordergraph.db.pool`): it holds its
+    locks until something uses that connection again, and the next reset's TRUNCATE waits."""
     connection = Tortoise.get_connection("default")
     if connection.capabilities.dialect != "postgres":
         return

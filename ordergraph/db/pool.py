@@ -10,9 +10,9 @@ Flush, and sends the Sync that ends it only with the Bind. A parameter it cannot
 cancellation that lands while the server's answer to the Parse is arriving (graphql-core cancels
 a field's siblings when the field fails), leaves the server waiting for the rest of the
 statement, inside an implicit transaction that holds the statement's table locks, with asyncpg
-believing the connection idle. Such a connection then sat in the pool holding, say, a lock on
-`cart_items` until something happened to use it again, and a `TRUNCATE` or a migration waited
-behind it. So a connection whose last operation raised anything is rolled back.
+believing the connection idle. Back in the pool, such a connection would hold those locks
+until something happened to use it again, and a migration (or the tests' `TRUNCATE`) would wait
+behind it. So a connection on which an operation raised anything is rolled back.
 """
 
 from __future__ import annotations
