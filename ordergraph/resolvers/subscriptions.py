@@ -190,9 +190,10 @@ async def order_status_changed(
 
 async def order_changes(info: Info) -> AsyncIterator[Order]:
     """Staff only, refused before the stream starts as orderStatusChanged refuses (no token:
-    UNAUTHENTICATED; not staff: FORBIDDEN). Nothing at first; then every order of the shop
-    after each committed change: a new order when its checkout commits, then its payment,
-    fulfilment, refunds, returns and notes."""
+    UNAUTHENTICATED; not staff: FORBIDDEN). First the orders changed in the moments before it
+    started (see `follow_shop`); then every order of the shop after each committed change: a
+    new order when its checkout commits, then its payment, fulfilment, refunds, returns and
+    notes."""
     context: Context = info.context
     if not isinstance(context.request, WebSocket):
         raise _websocket_only()
@@ -235,11 +236,17 @@ async def follow(
 
 async def follow_shop(context: Context, websocket: WebSocket) -> AsyncIterator[Order]:
     """Every order that changes, each read once per burst of hints (they come coalesced) and
-    sent when newer than what this subscriber last sent of it."""
+    sent when newer than what this subscriber last sent of it.
+
+    It starts with the orders changed in the moments before it listened, as after a transport
+    gap (`staff_feed.missed_orders`): a client reads its first page when its socket is
+    acknowledged and subscribes at the same moment, and a change committed between that read
+    and this subscription's start would otherwise show only at the order's next change."""
     transport = events.current_transport()
     metrics.ACTIVE_SUBSCRIPTIONS.inc()
     try:
         async with transport.subscribe_shop(lambda: _drop(websocket)) as feed:
+            feed.missed(time.time())
             sent = SentMarks()
             async for news in feed:
                 for order_id, hint in (await with_missed(news)).items():

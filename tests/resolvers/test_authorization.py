@@ -965,8 +965,9 @@ async def _ask(app: Harness, document: str, variables: dict[str, Any], token: st
 
 async def _subscribe(world: World, name: str, role: str) -> tuple[str, Any]:
     """('next', the first message) or ('error', the one error), over graphql-transport-ws.
-    The whole-shop feed sends nothing when it opens: a staff note on the order makes its
-    first message (the note is the feed's effect, not the caller's)."""
+    The whole-shop feed opens with the orders changed in the last moments; its message taken
+    here is the order with the staff note written meanwhile (the note is the feed's effect,
+    not the caller's)."""
     refused = OPERATIONS[name].expect[role] in REFUSALS
     if name == "orderChanges":
         async with Live(world.app.url, world.token(role), FEED) as feed:
@@ -980,7 +981,10 @@ async def _subscribe(world: World, name: str, role: str) -> tuple[str, Any]:
                 token=world.app.token(USERS["staff"], staff=True),
             )
             assert note["data"]["addOrderNote"]["userErrors"] == [], note
-            return "next", await feed.next()
+            while True:  # each next() fails the test if nothing comes in time
+                message = await feed.next()
+                if message["id"] == world.order_id and message["notes"]:
+                    return "next", message
     access = world.access_token if role == "access-token" else None
     async with Follower(
         world.app.url, world.token(role), world.order_id, TRANSPORT_WS, access_token=access

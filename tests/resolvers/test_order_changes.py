@@ -2,9 +2,10 @@
 embedded `memory://` transport) and across two `ordergraph serve` processes with PostgreSQL and
 with Redis events; and staff notes as they reach (or never reach) the subscribers of an order.
 
-The feed sends nothing when it opens, so a test first makes sure it is being served: it writes
-notes on a probe order until the feed shows one (`ready`). Messages of other orders are skipped
-by `Live.order`, which also checks that what is sent of one order only ever gets newer.
+The feed opens with the orders changed in the last moments (30 s) and then sends only what
+changes, so a test first makes sure it is being served: it writes notes on a probe order until
+the feed shows one (`ready`). Messages of other orders are skipped by `Live.order`, which also
+checks that what is sent of one order only ever gets newer.
 """
 
 from __future__ import annotations
@@ -172,6 +173,20 @@ async def _access_token(app: Harness, order_id: str) -> str:
     )
     token: str = answer["data"]["order"]["accessToken"]
     return token
+
+
+async def test_a_feed_opens_with_the_orders_changed_just_before(app: Harness) -> None:
+    """A console reads its first page when its socket is acknowledged and subscribes at the
+    same moment: a change committed between the two is sent when the feed opens, not at the
+    order's next change (which may never come)."""
+    order_id = await _order(app, unique("alice"))
+    async with transaction():
+        order = await lock_order(order_id)
+        assert order is not None
+        await change_order(order, status=OrderStatus.CANCELLED, reason="gave up", actor="t")
+    async with Live(app.url, app.token(unique("clerk"), staff=True)) as feed:
+        opened = await feed.order(order_id, _status("CANCELLED"), timeout=5)
+    assert [change["status"] for change in opened["history"]][-1] == "CANCELLED", opened
 
 
 async def test_stale_repeated_and_rolled_back_changes_send_nothing(app: Harness) -> None:

@@ -60,9 +60,9 @@ async def _listening(app: Harness, shop: ServerProcess) -> None:
     """Until the shop serves the console's subscription, the only one open.
 
     The console shows "live" when the server acknowledges its socket, a moment before the
-    `orderChanges` subscription it then asks for is listening: a change committed in between
-    reaches the console only when it next reads the list. A test that counts on a push waits
-    for this first."""
+    `orderChanges` subscription it then asks for is listening. A change committed in between
+    comes with the feed's opening catch-up rather than as a push of its own: a test that
+    counts on a push waits for this first."""
 
     async def count() -> float:
         response = await app.http.get(
@@ -196,8 +196,7 @@ async def test_staff_see_an_order_arrive_and_get_paid_live_then_ship_it(
         assert staff not in console.url
         await console.evaluate("window.__noReload = true")
 
-        # The other shopper gives up: their row turns where it stands, pushed by orderChanges
-        # (which sends nothing until something changes, so this also shows it is listening).
+        # The other shopper gives up: their row turns where it stands, pushed by orderChanges.
         body = await at_shop.gql(CANCEL, {"id": other_id}, token=other)
         assert body["data"]["cancelOrder"]["userErrors"] == [], body
         other_row = console.locator(f'li[data-order-id="{other_id}"]')
