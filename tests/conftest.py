@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -301,6 +301,16 @@ class Harness:
     emulator: StripeEmulator
     http: httpx.AsyncClient
     asgi: Starlette
+
+    @contextmanager
+    def stripe_webhooks_to(self, service_url: str) -> Iterator[None]:
+        """Stripe's webhooks go to the service at `service_url` (a process the test drives)
+        meanwhile, then back to this one."""
+        self.emulator.webhook_url = f"{service_url}/webhooks/stripe"
+        try:
+            yield
+        finally:
+            self.emulator.webhook_url = f"{self.url}/webhooks/stripe"
 
     def token(
         self, user: str = "shopper-1", *, email: str | None = None, staff: bool = False

@@ -54,9 +54,8 @@ ENABLED = True
 # can be reused while it lives), for as many documents as the parser cache keeps. The parser
 # cache is Strawberry's, shared by every schema of the process: a plan holds one schema's
 # fields and resolvers.
-_PLANS: BoundedCache[
-    tuple[int, int], tuple[GraphQLSchema, OperationDefinitionNode, ObjectPlan | None]
-] = BoundedCache(512)
+_Plan = tuple[GraphQLSchema, OperationDefinitionNode, "ObjectPlan | None"]
+_PLANS = BoundedCache[tuple[int, int], _Plan](512)
 
 
 class Unplanned(Exception):

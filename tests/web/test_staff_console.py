@@ -180,168 +180,174 @@ async def test_staff_see_an_order_arrive_and_get_paid_live_then_ship_it(
     # `checkout.session.expired`, and the test's own service, whose subscribers the console does
     # not hear, sometimes applied it first, so the shop found the order already cancelled and
     # announced nothing (the console's row stayed PENDING_PAYMENT).
-    app.emulator.webhook_url = f"{shop.url}/webhooks/stripe"
-    product = await make_product(unique("TEE"), price=2500, stock=10, name="Organic cotton tee")
-    # Someone else's earlier order: listed at first, left out by the search.
-    other = app.token(unique("other"))
-    other_id = (await checked_out_order(at_shop, other, product))["orderId"]
-    staff = app.token(unique("sam"), staff=True)
+    with app.stripe_webhooks_to(shop.url):
+        product = await make_product(unique("TEE"), price=2500, stock=10, name="Organic cotton tee")
+        # Someone else's earlier order: listed at first, left out by the search.
+        other = app.token(unique("other"))
+        other_id = (await checked_out_order(at_shop, other, product))["orderId"]
+        staff = app.token(unique("sam"), staff=True)
 
-    console, watch = await _new_page(browser)
-    try:
-        await _sign_in(console, shop.url, staff)
-        await expect(console.get_by_test_id("live")).to_have_text("live", timeout=TIMEOUT_MS)
-        await _listening(app, shop)
-        rows = console.get_by_test_id("orders").locator("li[data-order-id]")
-        await expect(rows).to_have_count(1)
-        await expect(console.get_by_test_id("count")).to_have_text("1 order")
-        await expect(console.get_by_test_id("signed-in-as")).to_contain_text("@example.com")
-        # Kept for this tab only, and never in the address.
-        assert await console.evaluate("sessionStorage.getItem('ordergraph.staffToken')") == staff
-        assert staff not in console.url
-        await console.evaluate("window.__noReload = true")
+        console, watch = await _new_page(browser)
+        try:
+            await _sign_in(console, shop.url, staff)
+            await expect(console.get_by_test_id("live")).to_have_text("live", timeout=TIMEOUT_MS)
+            await _listening(app, shop)
+            rows = console.get_by_test_id("orders").locator("li[data-order-id]")
+            await expect(rows).to_have_count(1)
+            await expect(console.get_by_test_id("count")).to_have_text("1 order")
+            await expect(console.get_by_test_id("signed-in-as")).to_contain_text("@example.com")
+            # Kept for this tab only, and never in the address.
+            assert (
+                await console.evaluate("sessionStorage.getItem('ordergraph.staffToken')") == staff
+            )
+            assert staff not in console.url
+            await console.evaluate("window.__noReload = true")
 
-        # The other shopper gives up: their row turns where it stands, pushed by orderChanges.
-        body = await at_shop.gql(CANCEL, {"id": other_id}, token=other)
-        assert body["data"]["cancelOrder"]["userErrors"] == [], body
-        other_row = console.locator(f'li[data-order-id="{other_id}"]')
-        await expect(other_row.get_by_test_id("row-status")).to_have_text(
-            "CANCELLED", timeout=TIMEOUT_MS
-        )
-        await expect(other_row.get_by_test_id("row-payment")).to_have_text("EXPIRED")
+            # The other shopper gives up: their row turns where it stands, pushed by orderChanges.
+            body = await at_shop.gql(CANCEL, {"id": other_id}, token=other)
+            assert body["data"]["cancelOrder"]["userErrors"] == [], body
+            other_row = console.locator(f'li[data-order-id="{other_id}"]')
+            await expect(other_row.get_by_test_id("row-status")).to_have_text(
+                "CANCELLED", timeout=TIMEOUT_MS
+            )
+            await expect(other_row.get_by_test_id("row-payment")).to_have_text("EXPIRED")
 
-        # A shopper checks out: the console shows the new order, newest first.
-        shopper_id = unique("shopper")
-        shopper = app.token(shopper_id)
-        email = f"{shopper_id}@example.com"
-        placed = await checked_out_order(at_shop, shopper, product, 2)
-        order_id = placed["orderId"]
-        row = console.locator(f'li[data-order-id="{order_id}"]')
-        await expect(row.get_by_test_id("row-status")).to_have_text(
-            "PENDING_PAYMENT", timeout=TIMEOUT_MS
-        )
-        await expect(rows).to_have_count(2)
-        await expect(rows.first).to_have_attribute("data-order-id", order_id)
-        await expect(row.get_by_test_id("row-email")).to_have_text(email)
-        await expect(console.get_by_test_id("count")).to_have_text("2 orders")
+            # A shopper checks out: the console shows the new order, newest first.
+            shopper_id = unique("shopper")
+            shopper = app.token(shopper_id)
+            email = f"{shopper_id}@example.com"
+            placed = await checked_out_order(at_shop, shopper, product, 2)
+            order_id = placed["orderId"]
+            row = console.locator(f'li[data-order-id="{order_id}"]')
+            await expect(row.get_by_test_id("row-status")).to_have_text(
+                "PENDING_PAYMENT", timeout=TIMEOUT_MS
+            )
+            await expect(rows).to_have_count(2)
+            await expect(rows.first).to_have_attribute("data-order-id", order_id)
+            await expect(row.get_by_test_id("row-email")).to_have_text(email)
+            await expect(console.get_by_test_id("count")).to_have_text("2 orders")
 
-        # The shopper's success page, in a browser context of its own.
-        success, success_watch = await _new_page(browser, 760, 800)
-        await success.goto(f"{shop.url}/order-success/{order_id}#token={shopper}")
-        shopper_status = success.get_by_test_id("status")
-        await expect(shopper_status).to_have_text("PENDING_PAYMENT", timeout=TIMEOUT_MS)
-        await expect(success.get_by_test_id("live")).to_have_text("live", timeout=TIMEOUT_MS)
+            # The shopper's success page, in a browser context of its own.
+            success, success_watch = await _new_page(browser, 760, 800)
+            await success.goto(f"{shop.url}/order-success/{order_id}#token={shopper}")
+            shopper_status = success.get_by_test_id("status")
+            await expect(shopper_status).to_have_text("PENDING_PAYMENT", timeout=TIMEOUT_MS)
+            await expect(success.get_by_test_id("live")).to_have_text("live", timeout=TIMEOUT_MS)
 
-        # Stripe's webhook: the payment lands, and the console's row turns without a reload.
-        order = await Order.get(id=order_id)
-        assert order.stripe_checkout_session_id is not None
-        delivery = await app.emulator.complete_session(order.stripe_checkout_session_id)
-        assert delivery.status_code == 200, delivery.body
-        await expect(row.get_by_test_id("row-status")).to_have_text(
-            "PAYMENT_CONFIRMED", timeout=TIMEOUT_MS
-        )
-        await expect(row.get_by_test_id("row-payment")).to_have_text("PAID")
-        await expect(row.get_by_test_id("row-total")).to_have_text("$50.00")
-        assert ("PAYMENT_CONFIRMED", "PAID") in watch.changes(order_id), watch.pushed
-        await expect(shopper_status).to_have_text("PAYMENT_CONFIRMED", timeout=TIMEOUT_MS)
+            # Stripe's webhook: the payment lands, and the console's row turns without a reload.
+            order = await Order.get(id=order_id)
+            assert order.stripe_checkout_session_id is not None
+            delivery = await app.emulator.complete_session(order.stripe_checkout_session_id)
+            assert delivery.status_code == 200, delivery.body
+            await expect(row.get_by_test_id("row-status")).to_have_text(
+                "PAYMENT_CONFIRMED", timeout=TIMEOUT_MS
+            )
+            await expect(row.get_by_test_id("row-payment")).to_have_text("PAID")
+            await expect(row.get_by_test_id("row-total")).to_have_text("$50.00")
+            assert ("PAYMENT_CONFIRMED", "PAID") in watch.changes(order_id), watch.pushed
+            await expect(shopper_status).to_have_text("PAYMENT_CONFIRMED", timeout=TIMEOUT_MS)
 
-        # Found by the shopper's email: only their order is left.
-        await console.get_by_test_id("search").fill(email)
-        await expect(rows).to_have_count(1, timeout=TIMEOUT_MS)
-        await expect(rows.first).to_have_attribute("data-order-id", order_id)
-        await expect(console.get_by_test_id("count")).to_have_text("1 order")
+            # Found by the shopper's email: only their order is left.
+            await console.get_by_test_id("search").fill(email)
+            await expect(rows).to_have_count(1, timeout=TIMEOUT_MS)
+            await expect(rows.first).to_have_attribute("data-order-id", order_id)
+            await expect(console.get_by_test_id("count")).to_have_text("1 order")
 
-        # Opened: what was bought, the money, where it goes, who did what.
-        await row.get_by_role("button").click()
-        detail = console.get_by_test_id("detail")
-        await expect(detail.get_by_test_id("detail-status")).to_have_text(
-            "PAYMENT_CONFIRMED", timeout=TIMEOUT_MS
-        )
-        assert f"#order={order_id}" in console.url and staff not in console.url
-        await expect(detail.get_by_test_id("detail-email")).to_have_text(email)
-        await expect(detail.get_by_test_id("detail-id")).to_have_text(order_id)
-        await expect(detail.get_by_test_id("detail-lines").locator("li")).to_have_count(1)
-        await expect(detail.get_by_test_id("detail-lines")).to_contain_text("Organic cotton tee")
-        await expect(detail.get_by_test_id("detail-lines")).to_contain_text(f"2 {TIMES} $25.00")
-        await expect(detail.get_by_test_id("money-subtotal")).to_have_text("$50.00")
-        await expect(detail.get_by_test_id("money-total")).to_have_text("$50.00")
-        await expect(detail.get_by_test_id("money-refunded")).to_have_text("$0.00")
-        await expect(detail.get_by_test_id("detail-address")).to_contain_text("Jenny Rosen")
-        history = detail.get_by_test_id("history").locator("li")
-        await expect(history).to_have_count(2)
-        await expect(history.first).to_contain_text("PAYMENT_CONFIRMED · PAID")
+            # Opened: what was bought, the money, where it goes, who did what.
+            await row.get_by_role("button").click()
+            detail = console.get_by_test_id("detail")
+            await expect(detail.get_by_test_id("detail-status")).to_have_text(
+                "PAYMENT_CONFIRMED", timeout=TIMEOUT_MS
+            )
+            assert f"#order={order_id}" in console.url and staff not in console.url
+            await expect(detail.get_by_test_id("detail-email")).to_have_text(email)
+            await expect(detail.get_by_test_id("detail-id")).to_have_text(order_id)
+            await expect(detail.get_by_test_id("detail-lines").locator("li")).to_have_count(1)
+            await expect(detail.get_by_test_id("detail-lines")).to_contain_text(
+                "Organic cotton tee"
+            )
+            await expect(detail.get_by_test_id("detail-lines")).to_contain_text(f"2 {TIMES} $25.00")
+            await expect(detail.get_by_test_id("money-subtotal")).to_have_text("$50.00")
+            await expect(detail.get_by_test_id("money-total")).to_have_text("$50.00")
+            await expect(detail.get_by_test_id("money-refunded")).to_have_text("$0.00")
+            await expect(detail.get_by_test_id("detail-address")).to_contain_text("Jenny Rosen")
+            history = detail.get_by_test_id("history").locator("li")
+            await expect(history).to_have_count(2)
+            await expect(history.first).to_contain_text("PAYMENT_CONFIRMED · PAID")
 
-        # Packed; a blank tracking number is refused, as the API says; then shipped.
-        await detail.get_by_test_id("mark-awaiting-shipment").click()
-        await expect(detail.get_by_test_id("detail-status")).to_have_text(
-            "AWAITING_SHIPMENT", timeout=TIMEOUT_MS
-        )
-        await expect(detail.get_by_test_id("toast")).to_have_text("Marked as awaiting shipment.")
-        await detail.get_by_test_id("tracking-number").fill("   ")
-        await detail.get_by_test_id("mark-shipped").click()
-        error = detail.get_by_test_id("fulfilment-error")
-        await expect(error).to_contain_text("tracking number", timeout=TIMEOUT_MS)
-        await expect(error).to_contain_text("INVALID_INPUT · trackingNumber")
-        await expect(detail.get_by_test_id("detail-status")).to_have_text("AWAITING_SHIPMENT")
-        await detail.get_by_test_id("tracking-number").fill(TRACKING)
-        await detail.get_by_test_id("carrier").fill("UPS")
-        await detail.get_by_test_id("mark-shipped").click()
-        await expect(detail.get_by_test_id("detail-status")).to_have_text(
-            "SHIPPED", timeout=TIMEOUT_MS
-        )
-        await expect(error).to_be_hidden()
-        await expect(detail.get_by_test_id("detail-tracking")).to_have_text(f"UPS · {TRACKING}")
-        await expect(row.get_by_test_id("row-status")).to_have_text("SHIPPED")
-        await expect(detail.get_by_test_id("mark-delivered")).to_be_visible()
+            # Packed; a blank tracking number is refused, as the API says; then shipped.
+            await detail.get_by_test_id("mark-awaiting-shipment").click()
+            await expect(detail.get_by_test_id("detail-status")).to_have_text(
+                "AWAITING_SHIPMENT", timeout=TIMEOUT_MS
+            )
+            await expect(detail.get_by_test_id("toast")).to_have_text(
+                "Marked as awaiting shipment."
+            )
+            await detail.get_by_test_id("tracking-number").fill("   ")
+            await detail.get_by_test_id("mark-shipped").click()
+            error = detail.get_by_test_id("fulfilment-error")
+            await expect(error).to_contain_text("tracking number", timeout=TIMEOUT_MS)
+            await expect(error).to_contain_text("INVALID_INPUT · trackingNumber")
+            await expect(detail.get_by_test_id("detail-status")).to_have_text("AWAITING_SHIPMENT")
+            await detail.get_by_test_id("tracking-number").fill(TRACKING)
+            await detail.get_by_test_id("carrier").fill("UPS")
+            await detail.get_by_test_id("mark-shipped").click()
+            await expect(detail.get_by_test_id("detail-status")).to_have_text(
+                "SHIPPED", timeout=TIMEOUT_MS
+            )
+            await expect(error).to_be_hidden()
+            await expect(detail.get_by_test_id("detail-tracking")).to_have_text(f"UPS · {TRACKING}")
+            await expect(row.get_by_test_id("row-status")).to_have_text("SHIPPED")
+            await expect(detail.get_by_test_id("mark-delivered")).to_be_visible()
 
-        # A note, for staff only.
-        note = "Left with the neighbour at no. 12 <b>not bold</b>"
-        await detail.get_by_test_id("note-body").fill(note)
-        await detail.get_by_test_id("add-note").click()
-        notes = detail.get_by_test_id("notes").locator("li")
-        await expect(notes).to_have_count(1, timeout=TIMEOUT_MS)
-        await expect(notes.first).to_contain_text(note)  # as text: shop data is never HTML
-        await expect(detail.get_by_test_id("note-body")).to_have_value("")
-        assert await detail.get_by_test_id("notes").locator("b").count() == 0
+            # A note, for staff only.
+            note = "Left with the neighbour at no. 12 <b>not bold</b>"
+            await detail.get_by_test_id("note-body").fill(note)
+            await detail.get_by_test_id("add-note").click()
+            notes = detail.get_by_test_id("notes").locator("li")
+            await expect(notes).to_have_count(1, timeout=TIMEOUT_MS)
+            await expect(notes.first).to_contain_text(note)  # as text: shop data is never HTML
+            await expect(detail.get_by_test_id("note-body")).to_have_value("")
+            assert await detail.get_by_test_id("notes").locator("b").count() == 0
 
-        # The shopper sees it shipped, pushed to their page.
-        await expect(shopper_status).to_have_text("SHIPPED", timeout=TIMEOUT_MS)
-        await expect(success.get_by_test_id("tracking")).to_have_text(f"UPS · {TRACKING}")
+            # The shopper sees it shipped, pushed to their page.
+            await expect(shopper_status).to_have_text("SHIPPED", timeout=TIMEOUT_MS)
+            await expect(success.get_by_test_id("tracking")).to_have_text(f"UPS · {TRACKING}")
 
-        shipped = await Order.get(id=order_id)
-        assert (shipped.status, shipped.tracking_number, shipped.carrier) == (
-            OrderStatus.SHIPPED,
-            TRACKING,
-            "UPS",
-        )
-        assert [n.body for n in await OrderNote.filter(order_id=order_id)] == [note]
-        assert await console.evaluate("window.__noReload") is True
-        assert watch.problems == []
-        assert success_watch.problems == []
+            shipped = await Order.get(id=order_id)
+            assert (shipped.status, shipped.tracking_number, shipped.carrier) == (
+                OrderStatus.SHIPPED,
+                TRACKING,
+                "UPS",
+            )
+            assert [n.body for n in await OrderNote.filter(order_id=order_id)] == [note]
+            assert await console.evaluate("window.__noReload") is True
+            assert watch.problems == []
+            assert success_watch.problems == []
 
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        await console.screenshot(path=SCREENSHOT, full_page=True)
-        print(f"screenshot: {SCREENSHOT}")
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            await console.screenshot(path=SCREENSHOT, full_page=True)
+            print(f"screenshot: {SCREENSHOT}")
 
-        # Phone-sized: one column, the order in place of the list, nothing wider than the screen.
-        await console.set_viewport_size({"width": 390, "height": 844})
-        await expect(console.get_by_test_id("orders")).to_be_hidden()
-        overflow = await console.evaluate("document.documentElement.scrollWidth - innerWidth")
-        assert overflow <= 0, overflow
-        await console.screenshot(path=PHONE_SCREENSHOT, full_page=True)
-        print(f"screenshot: {PHONE_SCREENSHOT}")
-        await detail.get_by_test_id("back").click()
-        await expect(console.get_by_test_id("orders")).to_be_visible()
-        await expect(detail).to_be_hidden()
-        overflow = await console.evaluate("document.documentElement.scrollWidth - innerWidth")
-        assert overflow <= 0, overflow
-        await success.context.close()
-    except AssertionError as failure:
-        # A push the console never showed: say what it received, and what the shop did.
-        raise AssertionError(f"{failure}\n{watch.report(shop)}") from failure
-    finally:
-        await console.context.close()
-        app.emulator.webhook_url = f"{app.url}/webhooks/stripe"
+            # Phone-sized: one column, the order in place of the list, nothing wider than the
+            # screen.
+            await console.set_viewport_size({"width": 390, "height": 844})
+            await expect(console.get_by_test_id("orders")).to_be_hidden()
+            overflow = await console.evaluate("document.documentElement.scrollWidth - innerWidth")
+            assert overflow <= 0, overflow
+            await console.screenshot(path=PHONE_SCREENSHOT, full_page=True)
+            print(f"screenshot: {PHONE_SCREENSHOT}")
+            await detail.get_by_test_id("back").click()
+            await expect(console.get_by_test_id("orders")).to_be_visible()
+            await expect(detail).to_be_hidden()
+            overflow = await console.evaluate("document.documentElement.scrollWidth - innerWidth")
+            assert overflow <= 0, overflow
+            await success.context.close()
+        except AssertionError as failure:
+            # A push the console never showed: say what it received, and what the shop did.
+            raise AssertionError(f"{failure}\n{watch.report(shop)}") from failure
+        finally:
+            await console.context.close()
 
 
 async def test_a_token_that_is_not_staff_is_refused_with_a_clear_error(
@@ -402,11 +408,8 @@ async def _delivered_order_with_returns(
     order_id = placed["orderId"]
     order = await Order.get(id=order_id)
     assert order.stripe_checkout_session_id is not None
-    app.emulator.webhook_url = f"{shop.url}/webhooks/stripe"
-    try:
+    with app.stripe_webhooks_to(shop.url):
         delivery = await app.emulator.complete_session(order.stripe_checkout_session_id)
-    finally:
-        app.emulator.webhook_url = f"{app.url}/webhooks/stripe"
     assert delivery.status_code == 200, delivery.body
     staff = app.token("sam", staff=True)
     for action in (
@@ -597,11 +600,8 @@ async def test_the_list_pages_filters_and_places_live_orders_by_the_filter(
 
         order = await Order.get(id=late)
         assert order.stripe_checkout_session_id is not None
-        app.emulator.webhook_url = f"{shop.url}/webhooks/stripe"
-        try:
+        with app.stripe_webhooks_to(shop.url):
             delivery = await app.emulator.complete_session(order.stripe_checkout_session_id)
-        finally:
-            app.emulator.webhook_url = f"{app.url}/webhooks/stripe"
         assert delivery.status_code == 200, delivery.body
         await expect(rows).to_have_count(2, timeout=TIMEOUT_MS)
         await expect(rows.first).to_have_attribute("data-order-id", late)

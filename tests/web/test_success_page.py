@@ -177,11 +177,8 @@ async def test_the_page_shows_the_payment_as_it_lands_without_a_reload(
         await page.evaluate("window.__noReload = true")
         assert "token" not in page.url, "the token must leave the address bar"
 
-        app.emulator.webhook_url = f"{shop.url}/webhooks/stripe"
-        try:
+        with app.stripe_webhooks_to(shop.url):
             delivery = await app.emulator.complete_session(session_id)
-        finally:
-            app.emulator.webhook_url = f"{app.url}/webhooks/stripe"
         assert delivery.status_code == 200, delivery.body
 
         await expect(status).to_have_text("PAYMENT_CONFIRMED", timeout=TIMEOUT_MS)
@@ -314,8 +311,7 @@ async def test_a_guests_link_shows_shipping_discount_and_tax(
     session_id = order.stripe_checkout_session_id
     assert session_id is not None
 
-    app.emulator.webhook_url = f"{taxed_shop.url}/webhooks/stripe"
-    try:
+    with app.stripe_webhooks_to(taxed_shop.url):
         delivery = await app.emulator.complete_session(
             session_id,
             shipping_rate=offered_rate(app, session_id, "Express"),
@@ -327,8 +323,6 @@ async def test_a_guests_link_shows_shipping_discount_and_tax(
                             "postal_code": "10117", "country": "DE"},
             },
         )  # fmt: skip
-    finally:
-        app.emulator.webhook_url = f"{app.url}/webhooks/stripe"
     assert delivery.status_code == 200, delivery.body
     # 2 x 25.00 = 50.00; 20 % off: 10.00; Express 15.00; tax 19 % of 40.00 and of 15.00.
     assert app.emulator.sessions[session_id]["amount_total"] == 6545
