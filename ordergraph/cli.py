@@ -114,6 +114,8 @@ def _serve_demo(args: argparse.Namespace) -> None:
 def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
+    from ordergraph.web.websocket_protocol import SERVER_OPTIONS
+
     uvicorn.run(
         "ordergraph.cli:worker_app",
         factory=True,
@@ -127,8 +129,7 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
         # (FORWARDED_ALLOW_IPS, or 127.0.0.1); see web/client_address.py.
         proxy_headers=True,
         forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
-        # Compression costs ~40 KB per idle subscriber for messages of a few hundred bytes.
-        ws_per_message_deflate=False,
+        **SERVER_OPTIONS,
     )
 
 

@@ -245,20 +245,22 @@ LIMITS = (
 MAX_TOKENS = 2000
 
 
-class OperationRules(SchemaExtension):
-    """The service's checks before each operation, in one hook: the limits (`LIMITS`, and
-    `MAX_TOKENS` for the parser), a bad token refused (`refuse_bad_token`), a name when the
-    document holds several operations (`require_operation_name`), and no introspection unless
-    `introspection`.
+class OperationRules(ClientErrors):
+    """The service's checks before each operation, and what a client sees of its errors after
+    (`ClientErrors`), in one hook: the limits (`LIMITS`, and `MAX_TOKENS` for the parser), a
+    bad token refused (`refuse_bad_token`), a name when the document holds several operations
+    (`require_operation_name`), and no introspection and no name suggestions unless `debug`.
 
-    They were five extensions (AddValidationRules, MaxTokensLimiter, RefuseBadToken,
-    RequireOperationName, DisableIntrospection), in this order. An `on_operation` hook stays
-    open as long as its operation runs, and a subscription runs as long as it is subscribed:
-    each cost an idle subscriber ~1.2 KB (its generator, context manager and exit callback).
+    They were six extensions (AddValidationRules, MaxTokensLimiter, RefuseBadToken,
+    RequireOperationName, DisableIntrospection, then the error masking). An `on_operation` hook
+    stays open as long as its operation runs, and a subscription runs as long as it is
+    subscribed: each cost an idle subscriber ~0.5 to 1.2 KB (its generator, context manager
+    and exit callback).
     """
 
-    def __init__(self, *, introspection: bool) -> None:
-        self.introspection = introspection
+    def __init__(self, *, debug: bool) -> None:
+        super().__init__(hide_suggestions=not debug)
+        self.introspection = debug
 
     def on_operation(self) -> Iterator[None]:
         execution = self.execution_context
@@ -271,7 +273,7 @@ class OperationRules(SchemaExtension):
                 *execution.validation_rules,
                 NoSchemaIntrospectionCustomRule,
             )
-        yield
+        yield from super().on_operation()
 
 
 # Validation errors by (schema, query text, rules), for as many texts as the parser cache keeps.
@@ -304,8 +306,7 @@ class ValidationByText(SchemaExtension):
 def build_schema(*, debug: bool = False) -> strawberry.Schema:
     extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
         # Without introspection, error messages do not suggest field or argument names either.
-        lambda: ClientErrors(hide_suggestions=not debug),
-        lambda: OperationRules(introspection=debug),
+        lambda: OperationRules(debug=debug),
         lambda: ParserCache(maxsize=512),
         ValidationByText,
         subscriptions.WebSocketOnly,

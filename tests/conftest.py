@@ -40,6 +40,7 @@ from ordergraph.models import OutboxEmail, OutboxStatus
 from ordergraph.outgoing_webhooks import events as events_for_endpoints
 from ordergraph.settings import Settings
 from ordergraph.stripe_emulator import StripeEmulator
+from ordergraph.web.websocket_protocol import SERVER_OPTIONS
 from tests.utils import loopback
 
 JWT_SECRET = "test-secret-" + "x" * 32
@@ -267,7 +268,7 @@ class Served:
                 port=0,
                 log_level="warning",
                 lifespan="on",
-                ws_per_message_deflate=False,
+                **SERVER_OPTIONS,
             )
         )
         self.task: asyncio.Task[None] | None = None

@@ -42,6 +42,7 @@ from ordergraph.db import apply_migrations, tortoise_config
 from ordergraph.demo.state import DemoError, DemoState, default_state_dir
 from ordergraph.settings import Settings, SettingsError
 from ordergraph.stripe_emulator import StripeEmulator
+from ordergraph.web.websocket_protocol import SERVER_OPTIONS
 
 log = logging.getLogger("ordergraph.demo.stack")
 logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -112,9 +113,7 @@ def loopback_socket(port: int = 0) -> socket.socket:
 
 
 def uvicorn_server(app: ASGIApp) -> uvicorn.Server:
-    return uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", ws_per_message_deflate=False)
-    )
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **SERVER_OPTIONS))
 
 
 async def seed_catalogue(settings: Settings) -> None:
@@ -335,9 +334,7 @@ async def run_demo(options: DemoOptions) -> None:
 
 def _demo_server(app: ASGIApp, settings: Settings) -> uvicorn.Server:
     return _DemoServer(
-        uvicorn.Config(
-            app, log_config=None, access_log=settings.access_log, ws_per_message_deflate=False
-        )
+        uvicorn.Config(app, log_config=None, access_log=settings.access_log, **SERVER_OPTIONS)
     )
 
 

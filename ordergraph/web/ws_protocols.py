@@ -26,6 +26,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage
 
+from ordergraph.bounded_cache import BoundedCache
 from ordergraph.web import json_input
 from ordergraph.web.token_expiry import SocketContext, TokenClock
 
@@ -43,16 +44,20 @@ class CheckedWebSocketAdapter(ASGIWebSocketAdapter):
     ) -> AsyncGenerator[object, None]:
         try:
             while self.ws.application_state != WebSocketState.DISCONNECTED:
-                text = await self.ws.receive_text()
-                try:
-                    message = json_input.decode(text)
-                except json_input.UnacceptableJSON as exc:
-                    message = json_input.Unreadable(exc.reason)
-                yield message
+                # No local keeps a message: this generator waits for the next one for as long
+                # as the socket idles, and the last (a subscription's text) would wait with it.
+                yield _read(await self.ws.receive_text())
         except KeyError as exc:  # a binary frame
             raise NonTextMessageReceived from exc
         except WebSocketDisconnect:
             pass
+
+
+def _read(text: str) -> object:
+    try:
+        return json_input.decode(text)
+    except json_input.UnacceptableJSON as exc:
+        return json_input.Unreadable(exc.reason)
 
 
 def _problem(message: Any, operation_type: str) -> str | None:
@@ -72,6 +77,19 @@ def _problem(message: Any, operation_type: str) -> str | None:
     return None
 
 
+# One copy of each operation's text however many sockets run it: an operation keeps its text
+# for as long as it is subscribed, and every success page sends the same one (~600 bytes).
+_TEXTS = BoundedCache[str, str](256)
+
+
+def _share_text(message: Any, operation_type: str) -> None:
+    """After `_problem` passed `message`: its query text becomes the shared copy."""
+    if message["type"] == operation_type:
+        payload = message["payload"]
+        text = payload["query"]
+        payload["query"] = _TEXTS.get(text, lambda: text)
+
+
 def _token_expires_at(context: object) -> float | None:
     return context.token_expires_at if isinstance(context, SocketContext) else None
 
@@ -89,6 +107,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
         if message["type"] == "subscribe" and self.clock.expired():
             await self.clock.close()  # the timer has not run yet: refused all the same
             return
+        _share_text(message, "subscribe")
         await super().handle_message(message)
 
     async def handle_connection_init(self, message: Any) -> None:
@@ -127,6 +146,7 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
         if message["type"] == "start" and self.clock.expired():
             await self.clock.close()
             return
+        _share_text(message, "start")
         await super().handle_message(message)
 
     async def handle_connection_init(self, message: Any) -> None:
