@@ -43,6 +43,8 @@ from graphql import (
 )
 from graphql.execution.values import get_argument_values
 from graphql.pyutils import Path, Undefined, gather_with_cancel, is_iterable
+from strawberry.schema.schema_converter import GraphQLCoreConverter
+from strawberry.types.field import StrawberryField
 
 from ordergraph.bounded_cache import BoundedCache
 from ordergraph.resolvers.subscriptions import SharedEventExecutor
@@ -56,6 +58,8 @@ ENABLED = True
 # fields and resolvers.
 _Plan = tuple[GraphQLSchema, OperationDefinitionNode, "ObjectPlan | None"]
 _PLANS = BoundedCache[tuple[int, int], _Plan](512)
+
+STRAWBERRY_FIELD = GraphQLCoreConverter.DEFINITION_BACKREF
 
 
 class Unplanned(Exception):
@@ -82,6 +86,9 @@ class FieldPlan:
     # Strawberry's resolver of a field without a resolver of its own reads the attribute and
     # ignores the resolve info (`_is_default`): none is built for it.
     basic: bool = False
+    # A basic leaf read with `getattr` (Strawberry's default resolver): the plan reads the
+    # attribute itself, and needs no path for it. Most of a query's fields are such.
+    attribute: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +127,25 @@ def _plan_object(parent: GraphQLObjectType, selection_set: SelectionSetNode) -> 
             return None
         static: dict[str, Any] | None = {} if not definition.args and not node.arguments else None
         basic = getattr(definition.resolve, "_is_default", False) is True
-        fields.append(FieldPlan(key, [node], definition, value, static, basic))
+        fields.append(
+            FieldPlan(
+                key, [node], definition, value, static, basic, _attribute(definition, value, basic)
+            )
+        )
     return ObjectPlan(parent, tuple(fields))
+
+
+def _attribute(definition: GraphQLField, value: ValuePlan, basic: bool) -> str | None:
+    """The attribute a basic leaf field reads, when Strawberry reads it with `getattr`."""
+    strawberry_field = (definition.extensions or {}).get(STRAWBERRY_FIELD)
+    if (
+        not basic
+        or value.leaf is None
+        or not isinstance(strawberry_field, StrawberryField)
+        or strawberry_field.default_resolver is not getattr
+    ):
+        return None
+    return strawberry_field.python_name
 
 
 def _plan_value(
@@ -204,8 +228,12 @@ class PlannedExecutor(SharedEventExecutor):
         """The object's answer, or an awaitable of it when a field's resolver is async."""
         data: dict[str, Any] = {}
         waiting: list[tuple[str, Awaitable[Any]]] = []
+        plain = not self._hooked
         for field in plan.fields:
-            value = self._field(plan.type, field, source, Path(path, field.key, plan.type.name))
+            if field.attribute is not None and plain:
+                value = self._leaf(field.value, getattr(source, field.attribute))  # type: ignore[arg-type]
+            else:
+                value = self._field(plan.type, field, source, Path(path, field.key, plan.type.name))
             if self.is_awaitable(value):
                 waiting.append((field.key, value))
             data[field.key] = value
@@ -248,18 +276,32 @@ class PlannedExecutor(SharedEventExecutor):
         completed = self._complete(plan, await result, path)
         return await completed if self.is_awaitable(completed) else completed
 
-    def _complete(self, plan: ValuePlan, value: Any, path: Path) -> Any:
+    @staticmethod
+    def _null(plan: ValuePlan, value: Any) -> bool:
+        """Whether `value` is a null the schema allows (Unplanned for one it does not, or for
+        an error returned as the value)."""
         if value is None or value is Undefined:
             if plan.non_null:
                 raise Unplanned
-            return None
+            return True
         if isinstance(value, Exception):
             raise Unplanned
+        return False
+
+    def _leaf(self, plan: ValuePlan, value: Any) -> Any:
+        if self._null(plan, value):
+            return None
+        assert plan.leaf is not None
+        coerced = plan.leaf.coerce_output_value(value)
+        if coerced is None or coerced is Undefined:
+            raise Unplanned
+        return coerced
+
+    def _complete(self, plan: ValuePlan, value: Any, path: Path) -> Any:
         if plan.leaf is not None:
-            coerced = plan.leaf.coerce_output_value(value)
-            if coerced is None or coerced is Undefined:
-                raise Unplanned
-            return coerced
+            return self._leaf(plan, value)
+        if self._null(plan, value):
+            return None
         if plan.object is not None:
             return self._object(plan.object, value, path)
         assert plan.item is not None
