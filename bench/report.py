@@ -107,7 +107,7 @@ def other_rows(results: dict[str, Any]) -> list[str]:
         lines.append(
             "| memory of idle subscriptions | "
             + "; ".join(f"{name}: {m:.1f} MiB per 1,000" for name, m in mems)
-            + f" | ≤ 40 MB per 1,000 | {_ok(worst <= 40)} |"
+            + f" | ≤ 40 MiB per 1,000 | {_ok(worst <= 40)} |"
         )
     growth = results.get("growth") or {}
     if "base" in growth and "high" in growth:
