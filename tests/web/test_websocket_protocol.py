@@ -21,9 +21,8 @@ from tests.utils.live import TRANSPORT_WS, RawSocket, unique
 
 
 def _open_protocols() -> list[LeanWebSocketProtocol]:
-    return [
-        o for o in gc.get_objects() if isinstance(o, LeanWebSocketProtocol) and not o.disconnected
-    ]
+    # By type: `isinstance` would look through a dead weak proxy among the objects, and raise.
+    return [o for o in gc.get_objects() if type(o) is LeanWebSocketProtocol and not o.disconnected]
 
 
 async def test_an_open_socket_keeps_no_handshake_and_still_carries_messages(
