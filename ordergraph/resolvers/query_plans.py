@@ -136,12 +136,15 @@ def _plan_object(parent: GraphQLObjectType, selection_set: SelectionSetNode) -> 
 
 
 def _attribute(definition: GraphQLField, value: ValuePlan, basic: bool) -> str | None:
-    """The attribute a basic leaf field reads, when Strawberry reads it with `getattr`."""
+    """The attribute a basic leaf field reads, when Strawberry reads it with `getattr`. Not for
+    a field with permission classes or other field extensions: `basic` holds for those too (no
+    resolver of its own), but their resolver runs the extensions around the read."""
     strawberry_field = (definition.extensions or {}).get(STRAWBERRY_FIELD)
     if (
         not basic
         or value.leaf is None
         or not isinstance(strawberry_field, StrawberryField)
+        or not strawberry_field.is_basic_field
         or strawberry_field.default_resolver is not getattr
     ):
         return None

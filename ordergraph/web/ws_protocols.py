@@ -79,7 +79,10 @@ def _problem(message: Any, operation_type: str) -> str | None:
 
 # One copy of each operation's text however many sockets run it: an operation keeps its text
 # for as long as it is subscribed, and every success page sends the same one (~600 bytes).
+# Texts up to SHARED_TEXT_CHARS only, so that the cache holds at most 256 of those: it runs
+# before the text is parsed or its tokens counted, and a socket's message may be megabytes.
 _TEXTS = BoundedCache[str, str](256)
+SHARED_TEXT_CHARS = 8192
 
 
 def _share_text(message: Any, operation_type: str) -> None:
@@ -87,7 +90,8 @@ def _share_text(message: Any, operation_type: str) -> None:
     if message["type"] == operation_type:
         payload = message["payload"]
         text = payload["query"]
-        payload["query"] = _TEXTS.get(text, lambda: text)
+        if len(text) <= SHARED_TEXT_CHARS:
+            payload["query"] = _TEXTS.get(text, lambda: text)
 
 
 def _token_expires_at(context: object) -> float | None:

@@ -18,10 +18,12 @@ from typing import Any
 
 import graphql
 import pytest
+import strawberry
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis_graphql import queries
 from starlette.requests import Request
 from starlette.responses import Response
+from strawberry.permission import BasePermission
 
 from ordergraph.auth import issue_order_token
 from ordergraph.models import Order
@@ -67,6 +69,46 @@ def test_the_plain_shape_of_a_query_has_a_plan_and_the_rest_is_left_to_graphql_c
         "subscription { orderChanges { id } }",
     ):
         assert plan_of(document) is None, document
+
+
+class _Deny(BasePermission):
+    message = "denied"
+
+    def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
+        return False
+
+
+@strawberry.type
+class _Secret:
+    public: str
+    hidden: str = strawberry.field(permission_classes=[_Deny])
+
+
+@strawberry.type
+class _SecretQuery:
+    @strawberry.field
+    def secret(self) -> _Secret | None:
+        return _Secret(public="p", hidden="TOP-SECRET")
+
+
+async def test_a_plain_field_with_a_permission_is_read_through_its_resolver() -> None:
+    """A plan reads a plain leaf attribute itself, but not past a field's permission classes
+    (or other field extensions): Strawberry's resolver runs them around the read."""
+    schema = strawberry.Schema(
+        query=_SecretQuery, execution_context_class=query_plans.PlannedExecutor
+    )
+    document = "{ secret { public hidden } }"
+    operation = graphql.parse(document).definitions[0]
+    assert isinstance(operation, graphql.OperationDefinitionNode)
+    plan = query_plans.plan_operation(schema._schema, operation)
+    assert plan is not None and plan.fields[0].value is not None
+    secret = plan.fields[0].value.object
+    assert secret is not None
+    assert [f.attribute for f in secret.fields] == ["public", None]
+
+    result = await schema.execute(document)
+    assert result.data == {"secret": None}
+    assert [e.message for e in result.errors or []] == ["denied"]
 
 
 @dataclass
