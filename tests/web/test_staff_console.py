@@ -553,6 +553,11 @@ async def test_staff_settle_returns_refund_and_adjust_stock_with_clear_errors(
         }
         assert await stock_of(product) == 14
         assert watch.problems == [], watch.problems
+    except AssertionError as failure:
+        # CI once saw the decline not take (the status stayed REQUESTED): say what the page
+        # received and showed, and what the shop did.
+        shown = await page.get_by_test_id("detail").inner_text()
+        raise AssertionError(f"{failure}\npage:\n{shown}\n{watch.report(shop)}") from failure
     finally:
         await page.context.close()
 
