@@ -304,10 +304,10 @@ class Harness:
     asgi: Starlette
 
     @contextmanager
-    def stripe_webhooks_to(self, service_url: str) -> Iterator[None]:
-        """Stripe's webhooks go to the service at `service_url` (a process the test drives)
-        meanwhile, then back to this one."""
-        self.emulator.webhook_url = f"{service_url}/webhooks/stripe"
+    def stripe_webhooks_to(self, service_url: str | None) -> Iterator[None]:
+        """Stripe's webhooks go to the service at `service_url` (a process the test drives;
+        None: nowhere) meanwhile, then back to this one."""
+        self.emulator.webhook_url = service_url and f"{service_url}/webhooks/stripe"
         try:
             yield
         finally:
