@@ -15,7 +15,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from tortoise import Tortoise
-from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.backends.base.client import (
+    BaseDBAsyncClient,
+    TransactionalDBClient,
+    TransactionContextPooled,
+)
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.backends.sqlite.client import SqliteTransactionWrapper
 from tortoise.connection import get_connections
@@ -43,6 +47,33 @@ async def _begin_immediate(self: SqliteTransactionWrapper) -> None:
 
 
 SqliteTransactionWrapper.begin = _begin_immediate  # type: ignore[method-assign]
+
+
+async def _enter_pooled(self: TransactionContextPooled) -> TransactionalDBClient:
+    """Tortoise's `TransactionContextPooled.__aenter__`, except that a BEGIN that fails or is
+    cancelled gives its connection back to the pool.
+
+    Tortoise takes the connection and sets the task's context before it sends BEGIN, and when
+    `__aenter__` raises, `__aexit__` does not run: the connection stayed checked out for good,
+    inside the transaction its BEGIN had opened (holding back vacuum), and the pool was one
+    connection smaller. A cancellation lands there whenever graphql-core cancels the siblings
+    of a failed field while one of them is opening a transaction (seen in CI). Released, the
+    connection is rolled back by `pool.release`.
+    """
+    await self.ensure_connection()
+    pooled = self.client._parent._pool
+    self.client._connection = await pooled.acquire()
+    self.token = get_connections().set(self.connection_name, self.client)
+    try:
+        await self.client.begin()
+    except BaseException:
+        get_connections().reset(self.token)
+        await pooled.release(self.client._connection)
+        raise
+    return self.client
+
+
+TransactionContextPooled.__aenter__ = _enter_pooled  # type: ignore[method-assign]
 
 
 def tortoise_config(database_url: str, *, pool_size: int = 20) -> dict[str, Any]:

@@ -3,9 +3,13 @@ ended before the connection serves anyone else, without a round trip on every re
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 from tortoise import Tortoise
+from tortoise.backends.asyncpg.client import TransactionWrapper
+from tortoise.transactions import in_transaction
 
 from tests.conftest import Harness, postgres_only
 from tests.utils.live import unique
@@ -60,3 +64,32 @@ async def test_a_field_that_fails_beside_fields_reading_the_database(app: Harnes
         body = response.json()
         assert body["data"] is None, body
         assert [e["extensions"]["code"] for e in body["errors"]] == ["INVALID_INPUT"], body
+
+
+@postgres_only
+async def test_a_transaction_cancelled_as_it_begins_gives_its_connection_back(
+    app: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancellation that lands right after BEGIN went out: Tortoise's transaction context
+    raised from its `__aenter__`, and its `__aexit__`, which releases the connection, never
+    ran. The connection must be back in the pool, rolled back, and the task's context clean."""
+    client = Tortoise.get_connection("default")
+    pooled = client._pool
+    free_before = pooled.get_idle_size() + pooled.get_max_size() - pooled.get_size()
+    begin = TransactionWrapper.begin
+    sessions: list[int] = []
+
+    async def begun_then_cancelled(self: TransactionWrapper) -> None:
+        await begin(self)
+        sessions.append(await self._connection.fetchval("SELECT pg_backend_pid()"))
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(TransactionWrapper, "begin", begun_then_cancelled)
+    with pytest.raises(asyncio.CancelledError):
+        async with in_transaction():
+            raise AssertionError("entered a transaction whose BEGIN was cancelled")
+    monkeypatch.undo()
+
+    assert Tortoise.get_connection("default") is client  # not the abandoned transaction's
+    assert pooled.get_idle_size() + pooled.get_max_size() - pooled.get_size() == free_before
+    assert await _session(app, sessions[0]) == ("idle", 0)
