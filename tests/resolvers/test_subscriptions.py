@@ -8,7 +8,6 @@ import asyncio
 import gc
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from starlette.websockets import WebSocket
@@ -28,7 +27,7 @@ from ordergraph.resolvers import subscriptions
 from ordergraph.resolvers.context import Context
 from ordergraph.resolvers.loaders import Loaders
 from tests.conftest import Harness
-from tests.utils.helpers import checked_out_order, make_product
+from tests.utils.helpers import change_order_now, checked_out_order, make_product
 from tests.utils.live import (
     GRAPHQL_WS,
     PROTOCOLS,
@@ -52,13 +51,6 @@ async def _session_id(order_id: str) -> str:
     order = await Order.get(id=order_id)
     assert order.stripe_checkout_session_id
     return order.stripe_checkout_session_id
-
-
-async def _change(order_id: str, **change: Any) -> None:
-    async with transaction():
-        order = await lock_order(order_id)
-        assert order is not None
-        await change_order(order, reason="test", actor="test", **change)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -202,16 +194,16 @@ async def test_every_committed_change_is_sent_in_order_and_a_rollback_never(
                 raise RuntimeError("roll back")
         assert await follower.quiet()
 
-        await _change(order_id, payment_status=PaymentStatus.PROCESSING)
+        await change_order_now(order_id, payment_status=PaymentStatus.PROCESSING)
         processing = await follower.next()
         assert (processing["status"], processing["paymentStatus"]) == (
             "PENDING_PAYMENT",
             "PROCESSING",
         )
-        await _change(
+        await change_order_now(
             order_id, status=OrderStatus.PAYMENT_CONFIRMED, payment_status=PaymentStatus.PAID
         )
-        await _change(order_id, status=OrderStatus.AWAITING_SHIPMENT)
+        await change_order_now(order_id, status=OrderStatus.AWAITING_SHIPMENT)
         seen = await follower.until("AWAITING_SHIPMENT")
         assert [m["status"] for m in seen][-1] == "AWAITING_SHIPMENT"
         assert [h["status"] for h in seen[-1]["history"]] == [
@@ -226,7 +218,7 @@ async def test_stale_and_repeated_hints_send_nothing(app: Harness) -> None:
     order_id = await _order(app, "alice")
     async with Follower(app.url, app.token("alice"), order_id, TRANSPORT_WS) as follower:
         await follower.next()
-        await _change(order_id, payment_status=PaymentStatus.PROCESSING)
+        await change_order_now(order_id, payment_status=PaymentStatus.PROCESSING)
         assert (await follower.next())["paymentStatus"] == "PROCESSING"
         transport = events.current_transport()
         for version in (1, 2, 2, events.CATCH_UP):

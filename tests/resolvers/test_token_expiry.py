@@ -17,12 +17,10 @@ from websockets.exceptions import ConnectionClosed
 
 from ordergraph import events
 from ordergraph.auth import credentials_from_header, issue_token
-from ordergraph.db import transaction
-from ordergraph.domain.order_state import change_order, lock_order
 from ordergraph.models import Order, OrderStatus, PaymentStatus
 from ordergraph.web.token_expiry import EXPIRED_CLOSE_CODE, TokenClock
 from tests.conftest import JWT_SECRET, Harness
-from tests.utils.helpers import checked_out_order, make_product
+from tests.utils.helpers import change_order_now, checked_out_order, make_product
 from tests.utils.live import GRAPHQL_WS, PROTOCOLS, SUBSCRIBE, TRANSPORT_WS, RawSocket, unique
 
 SHORT_LIFE = 2  # seconds, as `exp` counts them: the token lives 1-2 s
@@ -99,7 +97,7 @@ async def test_the_connection_is_closed_with_4403_when_its_token_expires(
         # The server dropped the subscription; the one of the lasting token remains and
         # still hears of a change, and the anonymous connection is still served.
         assert await _subscribers_become(1)
-        await _change(order_id, payment_status=PaymentStatus.PROCESSING)
+        await change_order_now(order_id, payment_status=PaymentStatus.PROCESSING)
         assert (await lasting.next_order())["paymentStatus"] == "PROCESSING"
         await anonymous.subscribe(order_id)
         refused = await _not_ka(anonymous)
@@ -199,10 +197,3 @@ async def _subscribers_become(count: int, timeout: float = 5.0) -> bool:
             return False
         await asyncio.sleep(0.05)
     return True
-
-
-async def _change(order_id: str, **change: Any) -> None:
-    async with transaction():
-        order = await lock_order(order_id)
-        assert order is not None
-        await change_order(order, reason="test", actor="test", **change)

@@ -6,6 +6,8 @@ import asyncio
 import sys
 from typing import Any
 
+from ordergraph.db import transaction
+from ordergraph.domain.order_state import change_order, lock_order
 from ordergraph.models import Product
 
 ORDER_FIELDS = """
@@ -87,3 +89,11 @@ async def run_ordergraph(*args: str, env: dict[str, str]) -> tuple[int, str, str
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def change_order_now(order_id: str, **change: Any) -> None:
+    """`change` applied to the order through the state machine, as the test's own actor."""
+    async with transaction():
+        order = await lock_order(order_id)
+        assert order is not None
+        await change_order(order, reason="test", actor="test", **change)

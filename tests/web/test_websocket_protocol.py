@@ -10,13 +10,11 @@ import gc
 
 from websockets.http11 import Request, Response
 
-from ordergraph.db import transaction
-from ordergraph.domain.order_state import change_order, lock_order
 from ordergraph.models import PaymentStatus
 from ordergraph.web import ws_protocols
 from ordergraph.web.websocket_protocol import LeanWebSocketProtocol
 from tests.conftest import Harness
-from tests.utils.helpers import checked_out_order, make_product
+from tests.utils.helpers import change_order_now, checked_out_order, make_product
 from tests.utils.live import TRANSPORT_WS, RawSocket, unique
 
 
@@ -45,12 +43,7 @@ async def test_an_open_socket_keeps_no_handshake_and_still_carries_messages(
         # The app's copy of the headers is the scope's, untouched.
         assert (b"sec-websocket-protocol", TRANSPORT_WS.encode()) in protocol.scope["headers"]
 
-        async with transaction():
-            order = await lock_order(order_id)
-            assert order is not None
-            await change_order(
-                order, reason="test", actor="test", payment_status=PaymentStatus.PROCESSING
-            )
+        await change_order_now(order_id, payment_status=PaymentStatus.PROCESSING)
         assert (await raw.next_order())["paymentStatus"] == "PROCESSING"
 
 
